@@ -1,4 +1,32 @@
 //! pg-iam-proxy: a local Postgres proxy that logs in to AWS Aurora / RDS PostgreSQL with IAM
 //! database authentication on behalf of any client.
+//!
+//! A connection goes through stages, each with its own error type and timeout:
+//!
+//! ```text
+//! accept (server)          listeners, connection limit, shutdown drain, per-connection span
+//!   -> handshake (client)  SSLRequest/GSSENCRequest answered 'N'; StartupMessage or CancelRequest
+//!   -> connect (upstream)  resolve, TCP, SSLRequest -> exactly 'S' -> rustls verify-full
+//!   -> login (upstream)    StartupMessage as the IAM db user; password = token from the cache
+//!   -> greet (client)      AuthenticationOk, ParameterStatus, our BackendKeyData, ReadyForQuery
+//!   -> relay               splice both directions until either side closes
+//! ```
+//!
+//! The token side ([`iam`]) knows nothing about sockets: credentials -> signer -> cache.
+//!
+//! Modules: [`cli`], [`commands`] and [`app`] (start-up), [`config`], [`server`],
+//! [`session`], [`client`], [`upstream`], [`relay`], [`cancel`], [`wire`], [`error`], [`iam`].
 
+pub mod app;
+pub mod cancel;
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod error;
 pub mod iam;
+pub mod relay;
+pub mod server;
+pub mod session;
+pub mod upstream;
+pub mod wire;

@@ -1,3 +1,48 @@
-fn main() {
-    println!("Hello, world!");
+//! pg-iam-proxy: parse the command line, set up logging, run the chosen command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use pg_iam_proxy::cli::{Cli, Command, LogFormat};
+use pg_iam_proxy::commands;
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PG_IAM_PROXY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pg-iam-proxy: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Some(Command::Token(args)) => commands::token(args).await,
+            Some(Command::Run(args)) => commands::run(*args).await,
+            None => commands::run(cli.run).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pg-iam-proxy: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

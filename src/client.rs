@@ -1,0 +1,167 @@
+//! The client side before the relay: answer SSLRequest/GSSENCRequest with 'N', read the
+//! StartupMessage or CancelRequest (length-capped; the caller applies the timeout), and
+//! later greet the client with AuthenticationOk, the server's parameters, our own
+//! BackendKeyData and ReadyForQuery. Local clients are trusted: no password is requested.
+
+use bytes::{Buf, BytesMut};
+use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::startup::{
+    Authentication, BackendKeyData, NegotiateProtocolVersion, SecretKey, Startup,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::error::{sqlstate, ClientError};
+use crate::wire::{self, FrameError, MAX_STARTUP_PACKET};
+
+const SSL_REQUEST: u32 = 80_877_103;
+const GSSENC_REQUEST: u32 = 80_877_104;
+const CANCEL_REQUEST: u32 = 80_877_102;
+
+/// A client's startup request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartupInfo {
+    /// The user the client sent.
+    pub user: String,
+    /// The database (defaults to the user, as in PostgreSQL).
+    pub database: String,
+    /// Other parameters to pass upstream (application_name, options, client_encoding, ...).
+    pub params: Vec<(String, String)>,
+    /// The minor protocol version the client asked for.
+    pub minor_version: u16,
+    /// `_pq_.` protocol options the client asked for; none are supported.
+    pub protocol_options: Vec<String>,
+}
+
+/// What the client wants.
+#[derive(Debug)]
+pub enum Hello {
+    /// A session.
+    Startup(StartupInfo),
+    /// Cancel a query running in another session.
+    Cancel(CancelRequest),
+}
+
+fn malformed(e: FrameError) -> ClientError {
+    ClientError::new(
+        sqlstate::PROTOCOL_VIOLATION,
+        format!("invalid startup packet: {e}"),
+    )
+}
+
+/// Reads the client's startup request, declining TLS and GSS encryption.
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+) -> Result<Hello, ClientError> {
+    let (mut ssl_declined, mut gss_declined) = (false, false);
+    loop {
+        let packet = wire::read_untagged(stream, MAX_STARTUP_PACKET)
+            .await
+            .map_err(malformed)?;
+        let code = (&packet[4..8]).get_u32();
+        match code {
+            SSL_REQUEST | GSSENC_REQUEST if packet.len() == 8 => {
+                let seen = if code == SSL_REQUEST {
+                    &mut ssl_declined
+                } else {
+                    &mut gss_declined
+                };
+                if std::mem::replace(seen, true) {
+                    return Err(malformed(FrameError::Malformed(
+                        "repeated encryption request",
+                    )));
+                }
+                wire::send(stream, b"N")
+                    .await
+                    .map_err(|e| malformed(e.into()))?;
+            }
+            CANCEL_REQUEST => {
+                return wire::decode(packet, "CancelRequest")
+                    .map(Hello::Cancel)
+                    .map_err(malformed)
+            }
+            _ if code >> 16 == 3 => return startup(packet).map(Hello::Startup),
+            _ => {
+                return Err(ClientError::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "unsupported frontend protocol {}.{}: server supports 3.0",
+                        code >> 16,
+                        code & 0xffff
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+fn startup(packet: BytesMut) -> Result<StartupInfo, ClientError> {
+    let msg: Startup = wire::decode(packet, "StartupMessage").map_err(malformed)?;
+    let mut user = None;
+    let mut database = None;
+    let mut params = Vec::new();
+    let mut protocol_options = Vec::new();
+    for (k, v) in msg.parameters {
+        match k.as_str() {
+            "user" => user = Some(v),
+            "database" => database = Some(v),
+            _ if k.starts_with("_pq_.") => protocol_options.push(k),
+            _ => params.push((k, v)),
+        }
+    }
+    let user = user.filter(|u| !u.is_empty()).ok_or_else(|| {
+        ClientError::new(
+            sqlstate::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet",
+        )
+    })?;
+    Ok(StartupInfo {
+        database: database
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| user.clone()),
+        user,
+        params,
+        minor_version: msg.protocol_number_minor,
+        protocol_options,
+    })
+}
+
+/// The protocol negotiation message owed to a client that asked for more than 3.0.
+pub fn negotiation(info: &StartupInfo) -> Option<NegotiateProtocolVersion> {
+    (info.minor_version > 0 || !info.protocol_options.is_empty())
+        .then(|| NegotiateProtocolVersion::new(0, info.protocol_options.clone()))
+}
+
+/// Sends the whole greeting in one write: AuthenticationOk, `server_params` (raw
+/// ParameterStatus/NoticeResponse frames from the server), our key and ReadyForQuery.
+pub async fn greet<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    info: &StartupInfo,
+    server_params: &[u8],
+    our_key: (i32, i32),
+    ready: &[u8],
+) -> std::io::Result<()> {
+    let mut buf = BytesMut::with_capacity(64 + server_params.len());
+    if let Some(n) = negotiation(info) {
+        wire::encode(&n, &mut buf);
+    }
+    wire::encode(&Authentication::Ok, &mut buf);
+    buf.extend_from_slice(server_params);
+    wire::encode(
+        &BackendKeyData::new(our_key.0, SecretKey::I32(our_key.1)),
+        &mut buf,
+    );
+    buf.extend_from_slice(ready);
+    wire::send(stream, &buf).await
+}
+
+/// Sends a FATAL error (best effort: the client may already be gone).
+pub async fn reject<S: AsyncWrite + Unpin>(stream: &mut S, error: &ClientError) {
+    let mut buf = BytesMut::new();
+    wire::encode(&error.to_response(), &mut buf);
+    let _ = wire::send(stream, &buf).await;
+}
+
+/// Sends a server's ErrorResponse frame verbatim, followed by nothing.
+pub async fn relay_error<S: AsyncWrite + Unpin>(stream: &mut S, frame: &[u8]) {
+    let _ = wire::send(stream, frame).await;
+}

@@ -1,0 +1,97 @@
+use super::*;
+
+fn parse(text: &str) -> FileConfig {
+    toml::from_str(text).expect("valid toml")
+}
+
+#[test]
+fn flags_beat_file_targets_and_defaults() {
+    let file = parse(
+        r#"
+        [proxy]
+        handshake_timeout = "3s"
+        [defaults]
+        region = "eu-west-1"
+        tls_mode = "verify-ca"
+        [[targets]]
+        name = "a"
+        host = "a.example.com"
+        listen = "127.0.0.1:6001"
+        region = "us-west-2"
+        [[targets]]
+        host = "b.example.com"
+        listen = "127.0.0.1:6002"
+        "#,
+    );
+    let cli = TargetArgs {
+        db_user: Some("iam_dbuser".into()),
+        ..Default::default()
+    };
+    let proxy = ProxyArgs {
+        handshake_timeout: Some(Duration::from_secs(5)),
+        ..Default::default()
+    };
+    let config = build(&proxy, &cli, &file).expect("valid");
+    assert_eq!(config.proxy.handshake_timeout, Duration::from_secs(5));
+    assert_eq!(config.proxy.connect_timeout, Duration::from_secs(15));
+    let [a, b] = &config.targets[..] else {
+        panic!("two targets")
+    };
+    assert_eq!(
+        (a.name.as_str(), a.region.as_deref()),
+        ("a", Some("us-west-2"))
+    );
+    assert_eq!(
+        (b.name.as_str(), b.region.as_deref()),
+        ("b.example.com", Some("eu-west-1"))
+    );
+    assert_eq!(b.tls_mode, TlsMode::VerifyCa);
+    assert!(config
+        .targets
+        .iter()
+        .all(|t| t.db_user.as_deref() == Some("iam_dbuser")));
+}
+
+#[test]
+fn unknown_keys_are_rejected() {
+    let err = toml::from_str::<FileConfig>("[defaults]\nhots = \"x\"\n").expect_err("unknown");
+    assert!(err.to_string().contains("unknown field `hots`"), "{err}");
+}
+
+#[test]
+fn a_host_is_required_and_defaults_apply() {
+    let err = build(
+        &ProxyArgs::default(),
+        &TargetArgs::default(),
+        &FileConfig::default(),
+    )
+    .expect_err("no host");
+    assert!(err.to_string().contains("--host"), "{err}");
+    let cli = TargetArgs {
+        host: Some("db".into()),
+        ..Default::default()
+    };
+    let config = build(&ProxyArgs::default(), &cli, &FileConfig::default()).expect("valid");
+    let t = &config.targets[0];
+    assert_eq!(t.listen, SocketAddr::from(([127, 0, 0, 1], 5432)));
+    assert_eq!((t.port, t.tls_mode), (5432, TlsMode::VerifyFull));
+}
+
+#[test]
+fn single_target_flags_conflict_with_several_file_targets() {
+    let file = parse(
+        "[[targets]]\nhost = \"a\"\nlisten = \"127.0.0.1:1\"\n[[targets]]\nhost = \"b\"\nlisten = \"127.0.0.1:2\"\n",
+    );
+    let cli = TargetArgs {
+        host: Some("c".into()),
+        ..Default::default()
+    };
+    assert!(build(&ProxyArgs::default(), &cli, &file).is_err());
+}
+
+#[test]
+fn duplicate_listeners_are_rejected() {
+    let file = parse("[[targets]]\nhost = \"a\"\n[[targets]]\nhost = \"b\"\n");
+    let err = build(&ProxyArgs::default(), &TargetArgs::default(), &file).expect_err("dup");
+    assert!(err.to_string().contains("both listen"), "{err}");
+}

@@ -1,0 +1,156 @@
+//! Accepting connections: one accept loop per listener (TCP or Unix socket), an optional
+//! connection limit, a per-connection span, and a graceful drain on shutdown: stop
+//! accepting, let sessions finish for up to the shutdown timeout, then cut the rest.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::client;
+use crate::error::{sqlstate, ClientError};
+use crate::session::{self, TargetContext};
+
+/// A bound listener.
+#[derive(Debug)]
+pub enum Listener {
+    /// TCP.
+    Tcp(TcpListener),
+    /// Unix socket (the path is removed on exit).
+    Unix(UnixListener, PathBuf),
+}
+
+/// How the run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunReport {
+    /// Sessions still open at the end of the drain, which were cut.
+    pub cut_sessions: usize,
+}
+
+/// Serves `listeners` until `shutdown` fires, then drains.
+pub async fn run(
+    listeners: Vec<(Listener, Arc<TargetContext>)>,
+    max_connections: usize,
+    shutdown: CancellationToken,
+    drain: std::time::Duration,
+) -> RunReport {
+    let tracker = TaskTracker::new();
+    let cut = CancellationToken::new();
+    let limit = (max_connections > 0).then(|| Arc::new(Semaphore::new(max_connections)));
+    let mut loops = Vec::new();
+    for (listener, ctx) in listeners {
+        let acceptor = Acceptor {
+            ctx,
+            tracker: tracker.clone(),
+            cut: cut.clone(),
+            limit: limit.clone(),
+        };
+        loops.push(tokio::spawn(acceptor.run(listener, shutdown.clone())));
+    }
+    for l in loops {
+        let _ = l.await;
+    }
+    tracker.close();
+    let open = tracker.len();
+    if open > 0 {
+        tracing::info!(open, ?drain, "waiting for open sessions to finish");
+    }
+    if tokio::time::timeout(drain, tracker.wait()).await.is_ok() {
+        return RunReport { cut_sessions: 0 };
+    }
+    let cut_sessions = tracker.len();
+    tracing::warn!(
+        cut_sessions,
+        "shutdown timeout reached; cutting open sessions"
+    );
+    cut.cancel();
+    tracker.wait().await;
+    RunReport { cut_sessions }
+}
+
+struct Acceptor {
+    ctx: Arc<TargetContext>,
+    tracker: TaskTracker,
+    cut: CancellationToken,
+    limit: Option<Arc<Semaphore>>,
+}
+
+impl Acceptor {
+    async fn run(self, listener: Listener, shutdown: CancellationToken) {
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = accept(&listener) => accepted,
+            };
+            match accepted {
+                Ok(Accepted::Tcp(stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    self.spawn(stream, peer.to_string());
+                }
+                Ok(Accepted::Unix(stream)) => self.spawn(stream, "unix-socket".to_owned()),
+                Err(e) => {
+                    // EMFILE and friends: report and keep going; never spin hot.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+        if let Listener::Unix(_, path) = &listener {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    fn spawn<S>(&self, mut stream: S, peer: String)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let span = tracing::info_span!("conn", client = %peer, target = %self.ctx.name,
+            user = tracing::field::Empty, database = tracing::field::Empty);
+        let permit = match &self.limit {
+            None => None,
+            Some(limit) => match limit.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    self.tracker.spawn(
+                        async move {
+                            tracing::warn!("connection limit reached; client refused");
+                            let e = ClientError::new(
+                                sqlstate::TOO_MANY_CONNECTIONS,
+                                "sorry, too many clients already (pg-iam-proxy max_connections)",
+                            );
+                            client::reject(&mut stream, &e).await;
+                        }
+                        .instrument(span),
+                    );
+                    return;
+                }
+            },
+        };
+        let ctx = self.ctx.clone();
+        let cut = self.cut.clone();
+        self.tracker.spawn(
+            async move {
+                session::serve(&ctx, stream, cut).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream, std::net::SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
+    match listener {
+        Listener::Tcp(l) => l.accept().await.map(|(s, a)| Accepted::Tcp(s, a)),
+        Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+    }
+}

@@ -1,0 +1,208 @@
+//! One client connection through its stages: handshake (client) -> connect and login
+//! (upstream, token from the cache, one retry with a fresh token if it is refused) ->
+//! greet (client) -> relay. Every failure reaches the client as an ErrorResponse.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use pgwire::messages::response::ErrorResponse;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+use crate::cancel::{CancelMap, CancelTarget};
+use crate::client::{self, Hello, StartupInfo};
+use crate::config::ProxySettings;
+use crate::error::{sqlstate, ClientError};
+use crate::iam::{RoleSpec, TokenCache, TokenKey};
+use crate::relay;
+use crate::upstream::auth::{login, AuthError, Login, ServerError};
+use crate::upstream::connect::{connect, Endpoint, UpstreamStream};
+use crate::wire;
+
+/// Everything a session of one target needs, shared by its connections.
+#[derive(Debug)]
+pub struct TargetContext {
+    /// Name for logs.
+    pub name: String,
+    /// The database endpoint.
+    pub endpoint: Arc<Endpoint>,
+    /// Region to sign for.
+    pub region: String,
+    /// Fixed upstream user, if any.
+    pub db_user: Option<String>,
+    /// Role to assume, if any.
+    pub role: Option<RoleSpec>,
+    /// Shared token cache.
+    pub cache: TokenCache,
+    /// Shared cancel map.
+    pub cancels: Arc<CancelMap>,
+    /// Timeouts.
+    pub settings: ProxySettings,
+}
+
+/// An upstream session ready for the client.
+struct Opened {
+    stream: UpstreamStream,
+    addr: std::net::SocketAddr,
+    login: Login,
+}
+
+/// Why no upstream session was opened.
+enum Failure {
+    /// Our own error for the client.
+    Client(ClientError),
+    /// The server's ErrorResponse, to relay verbatim.
+    Server(BytesMut),
+}
+
+/// Serves one accepted client connection to the end.
+pub async fn serve<S>(ctx: &TargetContext, mut client: S, cut: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let hello = match timeout(
+        ctx.settings.handshake_timeout,
+        client::handshake(&mut client),
+    )
+    .await
+    {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "handshake failed");
+            return client::reject(&mut client, &e).await;
+        }
+        Err(_) => {
+            let e = ClientError::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                "timeout waiting for the startup packet",
+            );
+            tracing::debug!("handshake timed out");
+            return client::reject(&mut client, &e).await;
+        }
+    };
+    match hello {
+        Hello::Cancel(request) => ctx.cancels.forward(&request).await,
+        Hello::Startup(info) => session(ctx, client, info, cut).await,
+    }
+}
+
+async fn session<S>(ctx: &TargetContext, mut client: S, info: StartupInfo, cut: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let user = ctx.db_user.clone().unwrap_or_else(|| info.user.clone());
+    let span = tracing::Span::current();
+    span.record("user", user.as_str());
+    span.record("database", info.database.as_str());
+    let started = Instant::now();
+    let opened = match timeout(ctx.settings.connect_timeout, open(ctx, &user, &info)).await {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(Failure::Client(e))) => {
+            tracing::warn!(error = %e, "upstream login failed");
+            return client::reject(&mut client, &e).await;
+        }
+        Ok(Err(Failure::Server(frame))) => return client::relay_error(&mut client, &frame).await,
+        Err(_) => {
+            let e = ClientError::new(
+                sqlstate::UNABLE_TO_CONNECT,
+                format!(
+                    "pg-iam-proxy: timeout connecting to {}:{} after {:?}",
+                    ctx.endpoint.host, ctx.endpoint.port, ctx.settings.connect_timeout
+                ),
+            );
+            tracing::warn!(error = %e, "upstream login failed");
+            return client::reject(&mut client, &e).await;
+        }
+    };
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, addr = %opened.addr, "upstream session open");
+    let Opened {
+        mut stream,
+        addr,
+        login,
+    } = opened;
+    let guard = ctx.cancels.register(CancelTarget {
+        endpoint: ctx.endpoint.clone(),
+        addr,
+        key: Arc::new(login.key),
+    });
+    if let Err(e) = client::greet(
+        &mut client,
+        &info,
+        &login.server_params,
+        guard.key,
+        &login.ready,
+    )
+    .await
+    {
+        tracing::debug!(error = %e, "client left before the greeting");
+        let _ = stream.shutdown().await;
+        return;
+    }
+    relay::splice(&mut client, &mut stream, cut).await;
+}
+
+async fn open(ctx: &TargetContext, user: &str, info: &StartupInfo) -> Result<Opened, Failure> {
+    let key = TokenKey {
+        host: ctx.endpoint.host.clone(),
+        port: ctx.endpoint.port,
+        user: user.to_owned(),
+        region: ctx.region.clone(),
+        role: ctx.role.clone(),
+    };
+    for attempt in 0..2 {
+        let token = ctx.cache.token(&key).await.map_err(|e| {
+            Failure::Client(ClientError::new(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!("pg-iam-proxy: no IAM auth token for {user}: {e}"),
+            ))
+        })?;
+        let (mut stream, addr) = connect(&ctx.endpoint)
+            .await
+            .map_err(|e| Failure::Client(e.to_client()))?;
+        match login(&mut stream, user, info, token.expose()).await {
+            Ok(login) => {
+                return Ok(Opened {
+                    stream,
+                    addr,
+                    login,
+                })
+            }
+            Err(AuthError::Refused(e)) if attempt == 0 => {
+                tracing::info!(code = %e.code, "login with a cached token refused; retrying with a new token");
+                ctx.cache.invalidate(&key);
+            }
+            Err(AuthError::Refused(e)) => return Err(Failure::Server(with_hint(ctx, user, e))),
+            Err(AuthError::Server(e)) => return Err(Failure::Server(e.frame)),
+            Err(other) => return Err(Failure::Client(other.to_client())),
+        }
+    }
+    Err(Failure::Client(ClientError::new(
+        sqlstate::INVALID_AUTHORIZATION,
+        "pg-iam-proxy: login refused",
+    )))
+}
+
+/// The server's refusal, verbatim, plus a hint of what to check when it has none.
+fn with_hint(ctx: &TargetContext, user: &str, e: ServerError) -> BytesMut {
+    tracing::warn!(code = %e.code, message = %e.message, "upstream refused the IAM token twice");
+    let Ok(mut parsed) = wire::decode::<ErrorResponse>(e.frame.clone(), "ErrorResponse") else {
+        return e.frame;
+    };
+    if !parsed.fields.iter().any(|(k, _)| *k == b'H') {
+        parsed.fields.push((
+            b'H',
+            format!(
+                "pg-iam-proxy signed a fresh IAM token for user \"{user}\" in region {}. Check: \
+                 the user is granted rds_iam; IAM auth is enabled on the cluster; the IAM \
+                 policy allows rds-db:connect on arn:aws:rds-db:{}:<account>:dbuser:<resource-id>/{user}; \
+                 the region is the database's; this machine's clock is correct.",
+                ctx.region, ctx.region
+            ),
+        ));
+    }
+    let mut buf = BytesMut::new();
+    wire::encode(&parsed, &mut buf);
+    buf
+}
