@@ -10,8 +10,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cancel::CancelMap;
 use crate::config::{Config, Target};
+use aws_config::SdkConfig;
+
 use crate::iam::{
-    load_sdk_config, resolve_region, CacheSettings, CredentialSource, SystemClock, TokenCache,
+    load_sdk_config, resolve_region, CacheSettings, Clock, CredentialSource, SystemClock,
+    TokenCache,
 };
 use crate::server::{self, Listener, RunReport};
 use crate::session::TargetContext;
@@ -32,10 +35,21 @@ pub struct Prepared {
     pub cache: TokenCache,
 }
 
-/// Builds everything the server needs and binds the listeners.
+/// Builds everything the server needs with the environment's AWS configuration.
 pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
     let fallback = config.targets.iter().find_map(|t| t.region.as_deref());
     let sdk = load_sdk_config(fallback).await;
+    prepare_with(config, &sdk, Arc::new(SystemClock)).await
+}
+
+/// Builds everything the server needs from a loaded AWS configuration and a clock, and
+/// binds the listeners.
+pub async fn prepare_with(
+    config: &Config,
+    sdk: &SdkConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<Prepared, StartError> {
+    let sdk = sdk.clone();
     let mut sources = HashMap::from([(None, Arc::new(CredentialSource::from_sdk(&sdk)))]);
     for role in config.targets.iter().filter_map(|t| t.role.clone()) {
         if !sources.contains_key(&Some(role.clone())) {
@@ -47,7 +61,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
         margin: config.proxy.token_refresh_margin,
         ..CacheSettings::default()
     };
-    let cache = TokenCache::new(sources, settings, Arc::new(SystemClock));
+    let cache = TokenCache::new(sources, settings, clock);
     let cancels = Arc::new(CancelMap::default());
     let mut listeners = Vec::new();
     for target in &config.targets {
