@@ -111,11 +111,17 @@ class ServerUser:
             os.chown(path, self.uid, self.gid)
 
 
+def child_env() -> dict:
+    """Our environment without libpq's PG* variables (PGOPTIONS etc. would leak in)."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+
+
 def run(argv: list, *, cwd: Path, input_text: Optional[str] = None, timeout: int = 120) -> str:
     """Run a command quietly; raise with its output if it fails."""
     proc = subprocess.run(
         argv,
         cwd=cwd,
+        env=child_env(),
         input=input_text,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -494,7 +500,7 @@ def stop_postgres(bindir: Path, data_dir: Path, server_user: ServerUser, cwd: Pa
         return
     for mode in ("fast", "immediate"):
         argv = server_user.argv([str(bindir / "pg_ctl"), "stop", "-D", str(data_dir), "-m", mode, "-w", "-t", "60"])
-        if subprocess.run(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        if subprocess.run(argv, cwd=cwd, env=child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL).returncode == 0:
             return
     try:
@@ -544,17 +550,18 @@ class Standin:
         self._start_reaper()
         certs = make_certificates(self.dir, self.server_user)
         pam_module = self._compile_pam_module()
-        verifier = self._start_verifier()
+        port = self._choose_port()
+        self._start_verifier(port)
         write_root_file(
             self.pam_file,
             f"# pg-iam-standin (pid {os.getpid()})\n"
             f"auth    required {pam_module} socket={self.dir / 'verifier.sock'}\n"
             "account required pam_permit.so\n",
         )
-        port = self._start_postgres(certs)
+        self._start_postgres(certs, port)
         self._create_roles(port)
         sts_endpoint = self._start_moto() if self.sts else None
-        return self._describe(port, certs, sts_endpoint, verifier)
+        return self._describe(port, certs, sts_endpoint)
 
     def _make_dir(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="pg-iam-standin-"))
@@ -577,7 +584,14 @@ class Standin:
         os.chmod(out, 0o755)
         return out
 
-    def _start_verifier(self) -> sigv4_verify.Verifier:
+    def _choose_port(self) -> int:
+        port = self.requested_port or free_port()
+        if not port_is_free(port):
+            raise RuntimeError(f"port {port} is in use on {' or '.join(LISTEN_ADDRESSES)}")
+        return port
+
+    def _start_verifier(self, port: int) -> None:
+        """Verifier and control sockets; tokens must name localhost or 127.0.0.1 and port."""
         keys = sigv4_verify.KeyStore(
             {
                 STATIC_ACCESS_KEY_ID: (STATIC_SECRET_ACCESS_KEY, None),
@@ -585,9 +599,7 @@ class Standin:
             },
             use_moto=self.sts,
         )
-        # Endpoints are fixed once the port is known; see _start_postgres.
-        verifier = sigv4_verify.Verifier(keys, [], self.region)
-        self.verifier = verifier
+        verifier = sigv4_verify.Verifier(keys, [f"localhost:{port}", f"127.0.0.1:{port}"], self.region)
         decisions = DecisionLog(self.dir / "decisions.jsonl")
         verifier_sock = self.dir / "verifier.sock"
         server = VerifierServer(verifier_sock, verifier, decisions)
@@ -599,21 +611,16 @@ class Standin:
         for srv, name in ((server, "verifier"), (control, "control")):
             self.servers.append(srv)
             serve_in_thread(srv, name)
-        return verifier
 
-    def _start_postgres(self, certs: dict) -> int:
+    def _start_postgres(self, certs: dict, port: int) -> None:
         data = self.dir / "data"
         run(self.server_user.argv([
             str(self.bindir / "initdb"), "-D", str(data), "-U", BOOTSTRAP_SUPERUSER, "-A", "trust",
             "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions",
         ]), cwd=self.dir)
-        port = self.requested_port or free_port()
-        if not port_is_free(port):
-            raise RuntimeError(f"port {port} is in use on {' or '.join(LISTEN_ADDRESSES)}")
         with open(data / "postgresql.conf", "a") as conf:
             conf.write(postgresql_conf(self.dir, port, certs))
         (data / "pg_hba.conf").write_text(pg_hba_conf(self.pam_file.name))
-        self.verifier.endpoints = frozenset({f"localhost:{port}", f"127.0.0.1:{port}"})
         run(self.server_user.argv([
             str(self.bindir / "pg_ctl"), "start", "-D", str(data), "-w", "-t", "60",
             "-l", str(self.dir / "server.log"),
@@ -621,7 +628,6 @@ class Standin:
         # postgres starts even if only some listen addresses could be bound.
         if "could not bind" in (self.dir / "server.log").read_text(errors="replace"):
             raise RuntimeError(f"postgres could not bind every address on port {port}; see server.log")
-        return port
 
     def _psql(self, port: int, database: str, sql: str) -> None:
         run(self.server_user.argv([
@@ -641,7 +647,7 @@ class Standin:
         host, port = self.moto.get_host_and_port()
         return f"http://{host}:{port}"
 
-    def _describe(self, port: int, certs: dict, sts_endpoint: Optional[str], verifier) -> dict:
+    def _describe(self, port: int, certs: dict, sts_endpoint: Optional[str]) -> dict:
         self.info = {
             "dir": str(self.dir),
             "host": "localhost",
