@@ -8,7 +8,7 @@ use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::startup::{
     Authentication, BackendKeyData, NegotiateProtocolVersion, SecretKey, Startup,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{sqlstate, ClientError};
 use crate::wire::{self, FrameError, MAX_STARTUP_PACKET};
@@ -154,14 +154,68 @@ pub async fn greet<S: AsyncWrite + Unpin>(
     wire::send(stream, &buf).await
 }
 
-/// Sends a FATAL error (best effort: the client may already be gone).
-pub async fn reject<S: AsyncWrite + Unpin>(stream: &mut S, error: &ClientError) {
+/// Sends a FATAL error (best effort: the client may already be gone) and closes.
+pub async fn reject<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, error: &ClientError) {
     let mut buf = BytesMut::new();
     wire::encode(&error.to_response(), &mut buf);
-    let _ = wire::send(stream, &buf).await;
+    relay_error(stream, &buf).await;
 }
 
-/// Sends a server's ErrorResponse frame verbatim, followed by nothing.
-pub async fn relay_error<S: AsyncWrite + Unpin>(stream: &mut S, frame: &[u8]) {
-    let _ = wire::send(stream, frame).await;
+/// Sends an ErrorResponse frame verbatim and closes. Unread input from the client is drained
+/// briefly first: closing a socket with unread data sends a reset, which can destroy the
+/// error before the client reads it.
+pub async fn relay_error<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, frame: &[u8]) {
+    if wire::send(stream, frame).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut total = 0usize;
+        while total < DRAIN_LIMIT {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+}
+
+/// At most this much unread client input is drained after an error...
+const DRAIN_LIMIT: usize = 64 * 1024;
+/// ...for at most this long.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn startup_without_user_is_refused() {
+        let mut body = vec![0u8, 3, 0, 0];
+        body.extend_from_slice(b"database\0labdb\0\0");
+        let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        packet.extend_from_slice(&body);
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        tokio::io::AsyncWriteExt::write_all(&mut b, &packet)
+            .await
+            .expect("write");
+        let err = handshake(&mut a).await.expect_err("no user");
+        assert_eq!(err.code, sqlstate::INVALID_AUTHORIZATION, "{err}");
+    }
+
+    #[tokio::test]
+    async fn unknown_protocol_is_refused() {
+        let mut body = vec![0u8, 4, 0, 0];
+        body.extend_from_slice(b"user\0x\0\0");
+        let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        packet.extend_from_slice(&body);
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        tokio::io::AsyncWriteExt::write_all(&mut b, &packet)
+            .await
+            .expect("write");
+        let err = handshake(&mut a).await.expect_err("bad protocol");
+        assert_eq!(err.code, sqlstate::FEATURE_NOT_SUPPORTED, "{err}");
+    }
 }

@@ -31,7 +31,10 @@ async fn simple_and_extended_protocol_through_the_proxy() {
         .prepare("select $1::int + v.id, v.v from t v where v.id = $2")
         .await
         .expect("prepare");
-    let row = client.query_one(&stmt, &[&40i32, &1i32]).await.expect("extended query");
+    let row = client
+        .query_one(&stmt, &[&40i32, &1i32])
+        .await
+        .expect("extended query");
     assert_eq!(row.get::<_, i32>(0), 41);
     // The token cache served the second connection without signing again.
     let (client2, _c2) = pg(proxy.addr, &si.info.iam_user, &si.info.database)
@@ -51,15 +54,25 @@ async fn psql_over_tcp_and_unix_socket() {
     spec.target.unix_socket = Some(dir.path().to_owned());
     let proxy = spec.start().await;
     let port = proxy.addr.port();
-    let (ok, out, err) = psql("127.0.0.1", port, &si.info.iam_user, &si.info.database,
-        &["-c", "select current_user"]);
+    let (ok, out, err) = psql(
+        "127.0.0.1",
+        port,
+        &si.info.iam_user,
+        &si.info.database,
+        &["-c", "select current_user"],
+    );
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "iam_dbuser");
     let socket = proxy.unix_socket.clone().expect("unix socket");
     assert_eq!(socket, dir.path().join(format!(".s.PGSQL.{port}")));
     let host = dir.path().to_str().expect("utf8");
-    let (ok, out, err) = psql(host, port, &si.info.iam_user, &si.info.database,
-        &["-c", "select count(*) > 0 from t"]);
+    let (ok, out, err) = psql(
+        host,
+        port,
+        &si.info.iam_user,
+        &si.info.database,
+        &["-c", "select count(*) > 0 from t"],
+    );
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "t");
     // Shutdown removes the socket file.
@@ -90,8 +103,13 @@ async fn listen_notify_and_cancel() {
             let _ = tx.send(msg);
         }
     });
-    listener.batch_execute("LISTEN proxy_test").await.expect("listen");
-    let (notifier, _c) = pg(proxy.addr, &si.info.iam_user, &si.info.database).await.expect("connect");
+    listener
+        .batch_execute("LISTEN proxy_test")
+        .await
+        .expect("listen");
+    let (notifier, _c) = pg(proxy.addr, &si.info.iam_user, &si.info.database)
+        .await
+        .expect("connect");
     notifier
         .batch_execute("NOTIFY proxy_test, 'hello through the proxy'")
         .await
@@ -109,11 +127,20 @@ async fn listen_notify_and_cancel() {
     }
 
     // Cancel a long pg_sleep through the proxy's own BackendKeyData.
-    let (sleeper, _c) = pg(proxy.addr, &si.info.iam_user, &si.info.database).await.expect("connect");
+    let (sleeper, _c) = pg(proxy.addr, &si.info.iam_user, &si.info.database)
+        .await
+        .expect("connect");
     let cancel = sleeper.cancel_token();
-    let query = tokio::spawn(async move { sleeper.simple_query("select pg_sleep(60)").await.map(|_| ()) });
+    let query = tokio::spawn(async move {
+        sleeper
+            .simple_query("select pg_sleep(60)")
+            .await
+            .map(|_| ())
+    });
     // Wait until the server shows the query running, then send exactly one cancel.
-    let (watcher, _c) = pg(proxy.addr, &si.info.iam_user, &si.info.database).await.expect("connect");
+    let (watcher, _c) = pg(proxy.addr, &si.info.iam_user, &si.info.database)
+        .await
+        .expect("connect");
     let started = std::time::Instant::now();
     loop {
         let row = watcher
@@ -126,9 +153,15 @@ async fn listen_notify_and_cancel() {
         if row.get::<_, i64>(0) == 1 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "query never started");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "query never started"
+        );
     }
-    cancel.cancel_query(tokio_postgres::NoTls).await.expect("send cancel");
+    cancel
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("send cancel");
     let err = query.await.expect("join").expect_err("cancelled");
     assert_eq!(code(&err), "57014", "{err}");
     assert!(started.elapsed() < Duration::from_secs(30));
@@ -140,7 +173,9 @@ async fn copy_100_mb_in_and_out_with_checksum() {
     use std::hash::Hasher;
     let si = StandIn::shared();
     let proxy = ProxySpec::new(si).start().await;
-    let (client, _c) = pg(proxy.addr, &si.info.iam_user, &si.info.database).await.expect("connect");
+    let (client, _c) = pg(proxy.addr, &si.info.iam_user, &si.info.database)
+        .await
+        .expect("connect");
     client
         .batch_execute("create temp table big(id int, payload text)")
         .await
@@ -148,7 +183,10 @@ async fn copy_100_mb_in_and_out_with_checksum() {
     let payload = "x".repeat(1000);
     let rows = 100 * 1024; // ~100 MiB of COPY text
     let mut sent = std::collections::hash_map::DefaultHasher::new();
-    let sink = client.copy_in("copy big from stdin").await.expect("copy in");
+    let sink = client
+        .copy_in("copy big from stdin")
+        .await
+        .expect("copy in");
     futures_util::pin_mut!(sink);
     let mut chunk = Vec::with_capacity(1 << 20);
     for i in 0..rows {
@@ -156,7 +194,9 @@ async fn copy_100_mb_in_and_out_with_checksum() {
         sent.write(line.as_bytes());
         chunk.extend_from_slice(line.as_bytes());
         if chunk.len() >= 1 << 20 {
-            sink.send(bytes::Bytes::from(std::mem::take(&mut chunk))).await.expect("send");
+            sink.send(bytes::Bytes::from(std::mem::take(&mut chunk)))
+                .await
+                .expect("send");
         }
     }
     sink.send(bytes::Bytes::from(chunk)).await.expect("send");
@@ -175,7 +215,11 @@ async fn copy_100_mb_in_and_out_with_checksum() {
         received.write(&data);
     }
     assert!(total > 100_000_000, "{total}");
-    assert_eq!(sent.finish(), received.finish(), "COPY OUT returned what COPY IN sent");
+    assert_eq!(
+        sent.finish(),
+        received.finish(),
+        "COPY OUT returned what COPY IN sent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,10 +236,20 @@ with conn.cursor() as cur:
     print("|".join(cur.fetchone()))
 "#;
     let out = std::process::Command::new("python3")
-        .args(["-c", script, &proxy.addr.port().to_string(), &si.info.iam_user, &si.info.database])
+        .args([
+            "-c",
+            script,
+            &proxy.addr.port().to_string(),
+            &si.info.iam_user,
+            &si.info.database,
+        ])
         .output()
         .expect("python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(stdout.trim(), "iam_dbuser|pgAdmin 4 - DB:labdb");
 }

@@ -8,7 +8,10 @@ use support::{code, message, pg, ProxySpec, StandIn};
 
 async fn refusal(spec: ProxySpec, user: &str, db: &str) -> (String, String) {
     let proxy = spec.start().await;
-    let err = pg(proxy.addr, user, db).await.err().expect("login must fail");
+    let err = pg(proxy.addr, user, db)
+        .await
+        .err()
+        .expect("login must fail");
     (code(&err), message(&err))
 }
 
@@ -19,7 +22,10 @@ async fn a_ca_that_did_not_sign_the_server_is_refused() {
     spec.target.ca_file = Some(si.info.wrong_ca_file.clone());
     let (code, msg) = refusal(spec, &si.info.iam_user, &si.info.database).await;
     assert_eq!(code, "08006", "{msg}");
-    assert!(msg.contains("TLS handshake") && msg.contains("certificate"), "{msg}");
+    assert!(
+        msg.contains("TLS handshake") && msg.contains("certificate"),
+        "{msg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,7 +51,10 @@ async fn an_expired_token_is_retried_once_then_relayed_with_a_hint() {
     si.control(serde_json::json!({"skew_seconds": 1000}));
     let (code, msg) = refusal(ProxySpec::new(&si), &si.info.iam_user, &si.info.database).await;
     assert_eq!(code, "28000", "{msg}");
-    assert!(msg.contains("PAM authentication failed for user \"iam_dbuser\""), "{msg}");
+    assert!(
+        msg.contains("PAM authentication failed for user \"iam_dbuser\""),
+        "{msg}"
+    );
     assert!(msg.contains("rds_iam") && msg.contains("clock"), "{msg}");
     let refusals: Vec<_> = si
         .decisions()
@@ -53,15 +62,28 @@ async fn an_expired_token_is_retried_once_then_relayed_with_a_hint() {
         .filter(|d| d["ok"] == false)
         .map(|d| d["reason"].as_str().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(refusals.len(), 2, "one retry with a fresh token: {refusals:?}");
-    assert!(refusals.iter().all(|r| r.contains("expired")), "{refusals:?}");
+    assert_eq!(
+        refusals.len(),
+        2,
+        "one retry with a fresh token: {refusals:?}"
+    );
+    assert!(
+        refusals.iter().all(|r| r.contains("expired")),
+        "{refusals:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_access_key_is_refused() {
     let si = StandIn::shared();
     let mut spec = ProxySpec::new(si);
-    spec.credentials = Credentials::new("AKIAUNKNOWN000000000", "not-a-known-secret", None, None, "t");
+    spec.credentials = Credentials::new(
+        "AKIAUNKNOWN000000000",
+        "not-a-known-secret",
+        None,
+        None,
+        "t",
+    );
     let (code, msg) = refusal(spec, &si.info.iam_user, &si.info.database).await;
     assert_eq!(code, "28000", "{msg}");
     assert!(msg.contains("PAM authentication failed"), "{msg}");
@@ -72,7 +94,10 @@ async fn a_user_without_rds_iam_gets_a_clear_error() {
     let si = StandIn::shared();
     let (code, msg) = refusal(ProxySpec::new(si), &si.info.plain_user, &si.info.database).await;
     assert_eq!(code, "28000", "{msg}");
-    assert!(msg.contains("SCRAM") && msg.contains("not an IAM database user"), "{msg}");
+    assert!(
+        msg.contains("SCRAM") && msg.contains("not an IAM database user"),
+        "{msg}"
+    );
     assert!(msg.contains("GRANT rds_iam"), "{msg}");
 }
 
@@ -81,7 +106,10 @@ async fn server_errors_after_authentication_are_relayed_verbatim() {
     let si = StandIn::shared();
     let (code, msg) = refusal(ProxySpec::new(si), &si.info.iam_user, "no_such_db").await;
     assert_eq!(code, "3D000", "{msg}");
-    assert!(msg.contains("database \"no_such_db\" does not exist"), "{msg}");
+    assert!(
+        msg.contains("database \"no_such_db\" does not exist"),
+        "{msg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,7 +141,10 @@ async fn a_failing_assume_role_is_named_in_the_error() {
     spec.target.role_arn = Some("arn:aws:iam::123456789012:role/rdsa-iam-dbuser-role".into());
     spec.sts_endpoint = Some(format!("http://127.0.0.1:{port}"));
     let proxy = spec.start().await;
-    let err = pg(proxy.addr, &si.info.iam_user, &si.info.database).await.err().expect("fails");
+    let err = pg(proxy.addr, &si.info.iam_user, &si.info.database)
+        .await
+        .err()
+        .expect("fails");
     let msg = message(&err);
     assert_eq!(code(&err), "28000", "{msg}");
     assert!(
@@ -121,6 +152,9 @@ async fn a_failing_assume_role_is_named_in_the_error() {
         "{msg}"
     );
     // The proxy is still up and serves the next client the same clear error.
-    let again = pg(proxy.addr, &si.info.iam_user, &si.info.database).await.err().expect("fails");
+    let again = pg(proxy.addr, &si.info.iam_user, &si.info.database)
+        .await
+        .err()
+        .expect("fails");
     assert_eq!(code(&again), "28000");
 }

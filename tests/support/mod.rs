@@ -76,7 +76,9 @@ impl StandIn {
             .expect("start tests/support/standin.py (run scripts/install-test-deps)");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read stand-in");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read stand-in");
         let info: Info = serde_json::from_str(&line).unwrap_or_else(|e| {
             let log = std::fs::read_to_string(&log).unwrap_or_default();
             panic!("stand-in did not start ({e}): {line}\n{log}")
@@ -100,7 +102,9 @@ impl StandIn {
             .expect("control socket");
         writeln!(s, "{command}").expect("send control");
         let mut reply = String::new();
-        BufReader::new(s).read_line(&mut reply).expect("control reply");
+        BufReader::new(s)
+            .read_line(&mut reply)
+            .expect("control reply");
         assert!(reply.contains("true"), "control refused: {reply}");
     }
 
@@ -188,7 +192,11 @@ impl ProxySpec {
 
     pub async fn start(self) -> Proxy {
         let config = build(&self.proxy, &self.target, &FileConfig::default()).expect("config");
-        let region = self.target.region.clone().unwrap_or_else(|| "us-east-1".into());
+        let region = self
+            .target
+            .region
+            .clone()
+            .unwrap_or_else(|| "us-east-1".into());
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .credentials_provider(self.credentials)
             .region(Region::new(region));
@@ -264,7 +272,9 @@ pub fn psql(host: &str, port: u16, user: &str, db: &str, args: &[&str]) -> (bool
 
 /// The SQLSTATE of a tokio-postgres error, if the server (or proxy) sent one.
 pub fn code(e: &tokio_postgres::Error) -> String {
-    e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| format!("no code: {e}"))
+    e.code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| format!("no code: {e}"))
 }
 
 /// The message of a tokio-postgres error.
