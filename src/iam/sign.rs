@@ -123,21 +123,27 @@ pub fn sign_token(
         .map_err(|e| fail(e.to_string()))?
         .into();
 
-    let base = format!(
-        "{}:{}/?Action=connect&DBUser={}",
-        request.host,
-        request.port,
-        encode(request.user)
+    let query = format!("/?Action=connect&DBUser={}", encode(request.user));
+    // botocore signs the lower-cased host (as HTTP does) but keeps the caller's spelling in
+    // the token text.
+    let url = format!(
+        "https://{}:{}{query}",
+        request.host.to_ascii_lowercase(),
+        request.port
     );
-    let url = format!("https://{base}");
     let signable = SignableRequest::new("GET", &url, std::iter::empty(), SignableBody::empty())
         .map_err(|e| fail(e.to_string()))?;
     let (instructions, _signature) = sign(signable, &params)
         .map_err(|e| fail(e.to_string()))?
         .into_parts();
 
-    let mut value = base;
-    for (name, param) in instructions.params() {
+    // botocore's parameter order: the signature last, after the session token.
+    let mut value = format!("{}:{}{query}", request.host, request.port);
+    let (signature, rest): (Vec<_>, Vec<_>) = instructions
+        .params()
+        .iter()
+        .partition(|(name, _)| *name == "X-Amz-Signature");
+    for (name, param) in rest.into_iter().chain(signature) {
         value.push('&');
         value.push_str(name);
         value.push('=');
