@@ -123,8 +123,8 @@ impl StandIn {
             ("AWS_ACCESS_KEY_ID", self.info.access_key_id.clone()),
             ("AWS_SECRET_ACCESS_KEY", self.info.secret_access_key.clone()),
             ("AWS_REGION", self.info.region.clone()),
-            ("AWS_CONFIG_FILE", "/nonexistent".into()),
-            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent".into()),
+            ("AWS_CONFIG_FILE", "/dev/null".into()),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
             ("AWS_EC2_METADATA_DISABLED", "true".into()),
         ]
     }
