@@ -1,25 +1,136 @@
-//! After login: splice both directions with no per-message parsing until either side
-//! closes (half-close is propagated), or the proxy cuts the session at the end of a drain.
+//! After login: splice both directions with no per-message parsing until both sides are
+//! done (a half-close is passed on), an error occurs, or the proxy cuts the session at the
+//! end of a shutdown drain.
+//!
+//! Unlike `tokio::io::copy_bidirectional`, a direction holds its copy buffer only while
+//! data is moving: the buffer is released whenever the reader has nothing more, so an idle
+//! session costs no buffer memory (most proxied sessions are idle most of the time).
 
-use tokio::io::{copy_bidirectional_with_sizes, AsyncRead, AsyncWrite};
+use std::future::poll_fn;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-/// Per-direction copy buffer: one TLS record's worth of plaintext.
+/// Copy buffer size per direction while data moves.
 const BUF: usize = 16 * 1024;
 
+/// One direction of the splice.
+#[derive(Default)]
+struct Pipe {
+    buf: Vec<u8>,
+    pos: usize,
+    eof: bool,
+    unflushed: bool,
+    done: bool,
+    bytes: u64,
+}
+
+impl Pipe {
+    fn poll_copy<R, W>(&mut self, cx: &mut Context<'_>, mut r: Pin<&mut R>, mut w: Pin<&mut W>) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            while self.pos < self.buf.len() {
+                let n = ready!(w.as_mut().poll_write(cx, &self.buf[self.pos..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.bytes += n as u64;
+                self.unflushed = true;
+            }
+            if self.eof {
+                ready!(w.as_mut().poll_flush(cx))?;
+                ready!(w.as_mut().poll_shutdown(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            self.buf.clear();
+            self.pos = 0;
+            if self.buf.capacity() == 0 {
+                self.buf.reserve_exact(BUF);
+            }
+            let spare: &mut [MaybeUninit<u8>] = self.buf.spare_capacity_mut();
+            let mut read = ReadBuf::uninit(spare);
+            match r.as_mut().poll_read(cx, &mut read) {
+                Poll::Pending => {
+                    self.buf = Vec::new(); // idle: give the buffer back
+                    if self.unflushed {
+                        ready!(w.as_mut().poll_flush(cx))?;
+                        self.unflushed = false;
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {
+                    let n = read.filled().len();
+                    // SAFETY: `ReadBuf` guarantees the first `n` bytes were initialised.
+                    unsafe { self.buf.set_len(n) };
+                    self.eof = n == 0;
+                }
+            }
+        }
+    }
+}
+
+/// How a splice ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Both directions finished; `client_first` says who closed first.
+    Closed {
+        /// The client closed before the server did.
+        client_first: bool,
+    },
+    /// An I/O error on one side.
+    Failed,
+    /// Cut at the end of a shutdown drain.
+    Cut,
+}
+
 /// Relays until both directions are done, an error occurs, or `cut` fires.
-pub async fn splice<C, U>(client: &mut C, upstream: &mut U, cut: CancellationToken)
+pub async fn splice<C, U>(client: &mut C, upstream: &mut U, cut: CancellationToken) -> Ended
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    tokio::select! {
-        result = copy_bidirectional_with_sizes(client, upstream, BUF, BUF) => match result {
-            Ok((to_server, to_client)) => {
-                tracing::debug!(to_server, to_client, "session closed");
+    let mut up = Pipe::default();
+    let mut down = Pipe::default();
+    let mut client_first = None;
+    let copy = poll_fn(|cx| {
+        if !up.done {
+            if let Poll::Ready(r) = up.poll_copy(cx, Pin::new(&mut *client), Pin::new(&mut *upstream)) {
+                r?;
+                client_first.get_or_insert(true);
             }
-            Err(e) => tracing::debug!(error = %e, "session ended with an I/O error"),
+        }
+        if !down.done {
+            if let Poll::Ready(r) = down.poll_copy(cx, Pin::new(&mut *upstream), Pin::new(&mut *client)) {
+                r?;
+                client_first.get_or_insert(false);
+            }
+        }
+        if up.done && down.done {
+            Poll::Ready(Ok::<_, io::Error>(()))
+        } else {
+            Poll::Pending
+        }
+    });
+    let ended = tokio::select! {
+        result = copy => match result {
+            Ok(()) => Ended::Closed { client_first: client_first.unwrap_or(true) },
+            Err(e) => {
+                tracing::debug!(error = %e, "session ended with an I/O error");
+                Ended::Failed
+            }
         },
-        () = cut.cancelled() => tracing::info!("session cut at the end of the shutdown drain"),
-    }
+        () = cut.cancelled() => Ended::Cut,
+    };
+    tracing::debug!(to_server = up.bytes, to_client = down.bytes, ?ended, "session closed");
+    ended
 }

@@ -97,7 +97,9 @@ where
     span.record("user", user.as_str());
     span.record("database", info.database.as_str());
     let started = Instant::now();
-    let opened = match timeout(ctx.settings.connect_timeout, open(ctx, &user, &info)).await {
+    // Boxed: the connect/login state is freed before the long relay stage.
+    let opening = Box::pin(timeout(ctx.settings.connect_timeout, open(ctx, &user, &info)));
+    let opened = match opening.await {
         Ok(Ok(opened)) => opened,
         Ok(Err(Failure::Client(e))) => {
             tracing::warn!(error = %e, "upstream login failed");
@@ -127,19 +129,19 @@ where
         addr,
         key: Arc::new(login.key),
     });
-    if let Err(e) = client::greet(
+    let greeting = client::greet(
         &mut client,
         &info,
         &login.server_params,
         guard.key,
         &login.ready,
-    )
-    .await
-    {
+    );
+    if let Err(e) = Box::pin(greeting).await {
         tracing::debug!(error = %e, "client left before the greeting");
         let _ = stream.shutdown().await;
         return;
     }
+    drop((info, login.server_params, login.ready, user));
     relay::splice(&mut client, &mut stream, cut).await;
 }
 
