@@ -17,7 +17,7 @@ import socket
 import statistics
 import subprocess
 import sys
-import time
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "pg-iam-proxy")
@@ -53,10 +53,10 @@ def aws_env(info):
     return env
 
 
-def start_proxy(info, port):
+def start_proxy(info, port, socket_dir):
     proc = subprocess.Popen(
-        [BIN, "run", "--listen", f"127.0.0.1:{port}", "--host", "localhost", "--port", str(info["port"]),
-         "--ca-file", info["ca_file"]],
+        [BIN, "run", "--listen", f"127.0.0.1:{port}", "--unix-socket", socket_dir, "--host", "localhost",
+         "--port", str(info["port"]), "--ca-file", info["ca_file"]],
         env=aws_env(info), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         text=True)
     for line in proc.stderr:
@@ -115,7 +115,8 @@ def main():
     try:
         prepare_data(info, args.scale)
         port = free_port()
-        proxy = start_proxy(info, port)
+        socket_dir = tempfile.mkdtemp()
+        proxy = start_proxy(info, port, socket_dir)
         token = subprocess.run([BIN, "token", "--host", "localhost", "--port", str(info["port"]),
                                 "--user", "iam_dbuser"], env=aws_env(info), capture_output=True,
                                text=True, check=True).stdout.strip()
@@ -123,15 +124,18 @@ def main():
                           PGSSLROOTCERT=info["ca_file"])
         proxy_env = dict(os.environ, PGSSLMODE="disable")
         proxy_env.pop("PGPASSWORD", None)
-        ratios = []
+        ratios, unix_ratios = [], []
         print(f"pgbench -S -c {args.clients} -j 2 -T {args.seconds}, {args.rounds} interleaved rounds")
         for r in range(args.rounds):
             direct = run_pgbench(args, "localhost", info["port"], direct_env)
             proxied = run_pgbench(args, "127.0.0.1", port, proxy_env)
+            via_unix = run_pgbench(args, socket_dir, port, proxy_env)
             ratios.append(proxied / direct)
-            print(f"round {r + 1}: direct TLS {direct:9.0f} tps   through proxy {proxied:9.0f} tps   "
-                  f"ratio {proxied / direct:.3f}")
-        print(f"median ratio proxy/direct: {statistics.median(ratios):.3f}")
+            unix_ratios.append(via_unix / direct)
+            print(f"round {r + 1}: direct TLS {direct:8.0f} tps | proxy via TCP {proxied:8.0f} tps "
+                  f"({proxied / direct:.3f}) | proxy via Unix socket {via_unix:8.0f} tps ({via_unix / direct:.3f})")
+        print(f"median ratio proxy/direct: TCP {statistics.median(ratios):.3f}, "
+              f"Unix socket {statistics.median(unix_ratios):.3f}")
         before, after = idle_memory(port, proxy.pid, args.idle)
         per = (after - before) * 1024 / args.idle
         print(f"idle connections: {args.idle}; proxy RSS {before} KiB -> {after} KiB; "

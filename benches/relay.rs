@@ -12,7 +12,12 @@ async fn one_pass() {
     let (mut client_end, mut proxy_client) = tokio::io::duplex(64 * 1024);
     let (mut proxy_upstream, mut server_end) = tokio::io::duplex(64 * 1024);
     let relay = tokio::spawn(async move {
-        splice(&mut proxy_client, &mut proxy_upstream, CancellationToken::new()).await;
+        splice(
+            &mut proxy_client,
+            &mut proxy_upstream,
+            CancellationToken::new(),
+        )
+        .await;
     });
     let writer = tokio::spawn(async move {
         let chunk = vec![7u8; 64 * 1024];

@@ -55,7 +55,8 @@ fn bench_hit(c: &mut Criterion) {
     };
     rt.block_on(cache.token(&key)).expect("warm");
     c.bench_function("token/cache hit", |b| {
-        b.to_async(&rt).iter(|| async { cache.token(&key).await.expect("hit") })
+        b.to_async(&rt)
+            .iter(|| async { cache.token(&key).await.expect("hit") })
     });
 }
 

@@ -30,7 +30,12 @@ struct Pipe {
 }
 
 impl Pipe {
-    fn poll_copy<R, W>(&mut self, cx: &mut Context<'_>, mut r: Pin<&mut R>, mut w: Pin<&mut W>) -> Poll<io::Result<()>>
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut r: Pin<&mut R>,
+        mut w: Pin<&mut W>,
+    ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + ?Sized,
         W: AsyncWrite + ?Sized,
@@ -104,13 +109,17 @@ where
     let mut client_first = None;
     let copy = poll_fn(|cx| {
         if !up.done {
-            if let Poll::Ready(r) = up.poll_copy(cx, Pin::new(&mut *client), Pin::new(&mut *upstream)) {
+            if let Poll::Ready(r) =
+                up.poll_copy(cx, Pin::new(&mut *client), Pin::new(&mut *upstream))
+            {
                 r?;
                 client_first.get_or_insert(true);
             }
         }
         if !down.done {
-            if let Poll::Ready(r) = down.poll_copy(cx, Pin::new(&mut *upstream), Pin::new(&mut *client)) {
+            if let Poll::Ready(r) =
+                down.poll_copy(cx, Pin::new(&mut *upstream), Pin::new(&mut *client))
+            {
                 r?;
                 client_first.get_or_insert(false);
             }
@@ -131,6 +140,11 @@ where
         },
         () = cut.cancelled() => Ended::Cut,
     };
-    tracing::debug!(to_server = up.bytes, to_client = down.bytes, ?ended, "session closed");
+    tracing::debug!(
+        to_server = up.bytes,
+        to_client = down.bytes,
+        ?ended,
+        "session closed"
+    );
     ended
 }

@@ -98,7 +98,10 @@ where
     span.record("database", info.database.as_str());
     let started = Instant::now();
     // Boxed: the connect/login state is freed before the long relay stage.
-    let opening = Box::pin(timeout(ctx.settings.connect_timeout, open(ctx, &user, &info)));
+    let opening = Box::pin(timeout(
+        ctx.settings.connect_timeout,
+        open(ctx, &user, &info),
+    ));
     let opened = match opening.await {
         Ok(Ok(opened)) => opened,
         Ok(Err(Failure::Client(e))) => {

@@ -26,7 +26,11 @@ fn direct_login(si: &StandIn, user: &str, password: &str) -> (bool, String) {
         .stdin(Stdio::null())
         .output()
         .expect("psql");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -44,12 +48,23 @@ fn token_cmd(si: &StandIn) -> Command {
 fn token_prints_one_token_that_the_server_accepts() {
     let si = StandIn::shared();
     let out = token_cmd(si).output().expect("run token");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).expect("utf8");
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = stdout.trim();
-    assert!(token.starts_with(&format!("localhost:{}/?Action=connect&DBUser=iam_dbuser&", si.info.port)));
+    assert!(token.starts_with(&format!(
+        "localhost:{}/?Action=connect&DBUser=iam_dbuser&",
+        si.info.port
+    )));
     let (ok, text) = direct_login(si, &si.info.iam_user, token);
     assert!(ok, "{text}");
     assert_eq!(text.trim(), "iam_dbuser");
@@ -58,10 +73,16 @@ fn token_prints_one_token_that_the_server_accepts() {
 #[test]
 fn token_without_a_region_fails_clearly() {
     let si = StandIn::shared();
-    let out = token_cmd(si).env_remove("AWS_REGION").output().expect("run");
+    let out = token_cmd(si)
+        .env_remove("AWS_REGION")
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("no AWS region for localhost") && stderr.contains("--region"), "{stderr}");
+    assert!(
+        stderr.contains("no AWS region for localhost") && stderr.contains("--region"),
+        "{stderr}"
+    );
     assert!(out.stdout.is_empty());
 }
 
@@ -70,16 +91,29 @@ fn token_with_assume_role_is_signed_with_the_role_credentials() {
     let si = StandIn::start(true);
     let sts = si.info.sts_endpoint.clone().expect("moto STS");
     let out = token_cmd(&si)
-        .args(["--role-arn", "arn:aws:iam::123456789012:role/rdsa-iam-dbuser-role"])
+        .args([
+            "--role-arn",
+            "arn:aws:iam::123456789012:role/rdsa-iam-dbuser-role",
+        ])
         .args(["--role-session-name", "pg-iam-proxy-test"])
         .env("AWS_ENDPOINT_URL_STS", &sts)
         .output()
         .expect("run token");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let token = String::from_utf8(out.stdout).expect("utf8").trim().to_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned();
     assert!(token.contains("X-Amz-Credential=ASIA"), "{token}");
     assert!(token.contains("X-Amz-Security-Token="), "{token}");
-    assert!(!token.contains(&si.info.access_key_id), "not signed with the source keys");
+    assert!(
+        !token.contains(&si.info.access_key_id),
+        "not signed with the source keys"
+    );
     let (ok, text) = direct_login(&si, &si.info.iam_user, &token);
     assert!(ok, "the server accepts the role's token: {text}");
 }
@@ -94,7 +128,14 @@ struct Running {
 impl Running {
     fn start(si: &StandIn, extra: &[&str]) -> Running {
         let mut child = Command::new(BIN)
-            .args(["run", "--listen", "127.0.0.1:0", "--host", "localhost", "--port"])
+            .args([
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--host",
+                "localhost",
+                "--port",
+            ])
             .arg(si.info.port.to_string())
             .arg("--ca-file")
             .arg(&si.info.ca_file)
@@ -114,7 +155,11 @@ impl Running {
                 let _ = tx.send(line);
             }
         });
-        Running { child, lines, seen: Vec::new() }
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
     }
 
     /// Waits for a log line containing `needle`; returns it.
@@ -134,7 +179,11 @@ impl Running {
     fn addr(&mut self) -> std::net::SocketAddr {
         let line = self.wait_for("\"listening\"");
         let v: serde_json::Value = serde_json::from_str(&line).expect("json log");
-        v["fields"]["listen"].as_str().expect("listen field").parse().expect("addr")
+        v["fields"]["listen"]
+            .as_str()
+            .expect("listen field")
+            .parse()
+            .expect("addr")
     }
 
     fn rest(mut self) -> (std::process::ExitStatus, Vec<String>) {
@@ -145,7 +194,10 @@ impl Running {
 }
 
 fn sigterm(child: &Child) {
-    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(ok.success());
 }
 
@@ -154,10 +206,15 @@ async fn sigterm_drains_open_sessions_and_logs_no_secrets() {
     let si = StandIn::shared();
     let mut proxy = Running::start(si, &["--shutdown-timeout", "60s"]);
     let addr = proxy.addr();
-    let (client, conn) = pg(addr, &si.info.iam_user, &si.info.database).await.expect("connect");
+    let (client, conn) = pg(addr, &si.info.iam_user, &si.info.database)
+        .await
+        .expect("connect");
     // A session is busy when SIGTERM arrives...
     let busy = tokio::spawn(async move {
-        client.simple_query("select pg_sleep(1.5), 'finished'").await.map(|_| client)
+        client
+            .simple_query("select pg_sleep(1.5), 'finished'")
+            .await
+            .map(|_| client)
     });
     sigterm(&proxy.child);
     proxy.wait_for("SIGTERM");
@@ -165,14 +222,24 @@ async fn sigterm_drains_open_sessions_and_logs_no_secrets() {
     let refused = pg(addr, &si.info.iam_user, &si.info.database).await;
     assert!(refused.is_err(), "listener closed after SIGTERM");
     // ...and the busy one finishes its query, then leaves; the proxy exits 0.
-    let client = busy.await.expect("join").expect("query finished during the drain");
+    let client = busy
+        .await
+        .expect("join")
+        .expect("query finished during the drain");
     drop(client);
     let _ = conn.await;
     let (status, lines) = proxy.rest();
     assert_eq!(status.code(), Some(0), "{lines:#?}");
     let logs = lines.join("\n");
-    assert!(logs.contains("\"user\":\"iam_dbuser\""), "connection span in the logs: {logs}");
-    for secret in [si.info.secret_access_key.as_str(), "X-Amz-Signature", "X-Amz-Credential"] {
+    assert!(
+        logs.contains("\"user\":\"iam_dbuser\""),
+        "connection span in the logs: {logs}"
+    );
+    for secret in [
+        si.info.secret_access_key.as_str(),
+        "X-Amz-Signature",
+        "X-Amz-Credential",
+    ] {
         assert!(!logs.contains(secret), "{secret} leaked into the logs");
     }
 }
@@ -182,11 +249,16 @@ async fn sessions_still_open_after_the_drain_are_cut_with_exit_code_1() {
     let si = StandIn::shared();
     let mut proxy = Running::start(si, &["--shutdown-timeout", "1s"]);
     let addr = proxy.addr();
-    let (client, _conn) = pg(addr, &si.info.iam_user, &si.info.database).await.expect("connect");
+    let (client, _conn) = pg(addr, &si.info.iam_user, &si.info.database)
+        .await
+        .expect("connect");
     client.simple_query("select 1").await.expect("query");
     sigterm(&proxy.child);
     let (status, lines) = proxy.rest();
     assert_eq!(status.code(), Some(1), "{lines:#?}");
     assert!(lines.iter().any(|l| l.contains("cutting open sessions")));
-    assert!(client.simple_query("select 1").await.is_err(), "the session was cut");
+    assert!(
+        client.simple_query("select 1").await.is_err(),
+        "the session was cut"
+    );
 }

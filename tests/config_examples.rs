@@ -23,8 +23,12 @@ fn every_example_config_is_valid() {
 #[test]
 fn the_multi_target_example_declares_three_listeners() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/multi-target.toml");
-    let config = build(&ProxyArgs::default(), &TargetArgs::default(), &read_file(path.as_ref()).expect("read"))
-        .expect("valid");
+    let config = build(
+        &ProxyArgs::default(),
+        &TargetArgs::default(),
+        &read_file(path.as_ref()).expect("read"),
+    )
+    .expect("valid");
     let names: Vec<_> = config.targets.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["orders-writer", "orders-reader", "reporting-eu"]);
     assert_eq!(config.targets[2].region.as_deref(), Some("eu-west-1"));

@@ -6,12 +6,16 @@ mod support;
 use aws_credential_types::Credentials;
 use support::{code, message, pg, ProxySpec, StandIn};
 
+fn must_fail<T>(result: Result<T, tokio_postgres::Error>) -> tokio_postgres::Error {
+    match result {
+        Ok(_) => panic!("the login must fail"),
+        Err(e) => e,
+    }
+}
+
 async fn refusal(spec: ProxySpec, user: &str, db: &str) -> (String, String) {
     let proxy = spec.start().await;
-    let err = pg(proxy.addr, user, db)
-        .await
-        .err()
-        .expect("login must fail");
+    let err = must_fail(pg(proxy.addr, user, db).await);
     (code(&err), message(&err))
 }
 
@@ -141,10 +145,7 @@ async fn a_failing_assume_role_is_named_in_the_error() {
     spec.target.role_arn = Some("arn:aws:iam::123456789012:role/rdsa-iam-dbuser-role".into());
     spec.sts_endpoint = Some(format!("http://127.0.0.1:{port}"));
     let proxy = spec.start().await;
-    let err = pg(proxy.addr, &si.info.iam_user, &si.info.database)
-        .await
-        .err()
-        .expect("fails");
+    let err = must_fail(pg(proxy.addr, &si.info.iam_user, &si.info.database).await);
     let msg = message(&err);
     assert_eq!(code(&err), "28000", "{msg}");
     assert!(
@@ -152,9 +153,6 @@ async fn a_failing_assume_role_is_named_in_the_error() {
         "{msg}"
     );
     // The proxy is still up and serves the next client the same clear error.
-    let again = pg(proxy.addr, &si.info.iam_user, &si.info.database)
-        .await
-        .err()
-        .expect("fails");
+    let again = must_fail(pg(proxy.addr, &si.info.iam_user, &si.info.database).await);
     assert_eq!(code(&again), "28000");
 }
