@@ -32,6 +32,14 @@ pub struct Cli {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+    /// Runtime threads; 1 runs everything on one thread [default: one per CPU core].
+    #[arg(
+        long,
+        global = true,
+        env = "PG_IAM_PROXY_WORKER_THREADS",
+        value_name = "N"
+    )]
+    pub worker_threads: Option<usize>,
 }
 
 /// Log output format.
