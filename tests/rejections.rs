@@ -156,3 +156,52 @@ async fn a_failing_assume_role_is_named_in_the_error() {
     let again = must_fail(pg(proxy.addr, &si.info.iam_user, &si.info.database).await);
     assert_eq!(code(&again), "28000");
 }
+
+/// Wall-clock time shifted by an adjustable offset (seconds).
+#[derive(Debug, Default)]
+struct ShiftedClock(std::sync::atomic::AtomicI64);
+
+impl pg_iam_proxy::iam::Clock for ShiftedClock {
+    fn now(&self) -> std::time::SystemTime {
+        let offset = self.0.load(std::sync::atomic::Ordering::SeqCst);
+        let now = std::time::SystemTime::now();
+        if offset < 0 {
+            now - std::time::Duration::from_secs(offset.unsigned_abs())
+        } else {
+            now + std::time::Duration::from_secs(offset as u64)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_cached_token_is_replaced_and_the_login_retried_once() {
+    let si = StandIn::start(false);
+    let clock = std::sync::Arc::new(ShiftedClock::default());
+    clock.0.store(-600, std::sync::atomic::Ordering::SeqCst);
+    let mut spec = ProxySpec::new(&si);
+    spec.clock = clock.clone();
+    let proxy = spec.start().await;
+    // A token signed ten minutes ago: still valid for five, so the cache keeps serving it.
+    let (first, _c) = pg(proxy.addr, &si.info.iam_user, &si.info.database)
+        .await
+        .expect("first");
+    first.simple_query("select 1").await.expect("query");
+    clock.0.store(0, std::sync::atomic::Ordering::SeqCst);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs();
+    si.control(serde_json::json!({"revoke_signed_before": now - 300}));
+    // The cached token is refused; the proxy signs a fresh one and the client never notices.
+    let (second, _c) = pg(proxy.addr, &si.info.iam_user, &si.info.database)
+        .await
+        .expect("retried with a fresh token");
+    second.simple_query("select 1").await.expect("query");
+    let reasons: Vec<String> = si
+        .decisions()
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(reasons, ["ok", "revoked", "ok"]);
+    assert_eq!(proxy.cache.stats().signings, 2);
+}

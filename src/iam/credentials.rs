@@ -146,3 +146,48 @@ impl CredentialSource {
         Ok(creds)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn debug_output_shows_no_secret() {
+        let role = RoleSpec {
+            arn: "arn:aws:iam::123456789012:role/r".into(),
+            session_name: Some("s".into()),
+            external_id: Some("shared-external-secret".into()),
+        };
+        let creds = Credentials::new(
+            "AKIDEXAMPLE",
+            "very-secret-key",
+            Some("session-tok".into()),
+            None,
+            "t",
+        );
+        let source = CredentialSource::new(Some(SharedCredentialsProvider::new(creds.clone())));
+        let now = SystemTime::now();
+        let got = source.credentials(now, now).await.expect("credentials");
+        let shown = format!("{role:?} {source:?} {got:?} {creds:?}");
+        for secret in ["shared-external-secret", "very-secret-key", "session-tok"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("arn:aws:iam::123456789012:role/r"));
+    }
+
+    #[tokio::test]
+    async fn no_provider_and_expired_credentials_say_why() {
+        let now = SystemTime::now();
+        let none = CredentialSource::new(None);
+        let err = none
+            .credentials(now, now)
+            .await
+            .expect_err("no credentials");
+        assert!(err.to_string().contains("no credentials found"), "{err}");
+        let past = now - std::time::Duration::from_secs(5);
+        let expired = Credentials::new("AKID", "secret", None, Some(past), "t");
+        let source = CredentialSource::new(Some(SharedCredentialsProvider::new(expired)));
+        let err = source.credentials(now, now).await.expect_err("expired");
+        assert!(err.to_string().contains("expired at"), "{err}");
+    }
+}

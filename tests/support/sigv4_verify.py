@@ -37,6 +37,7 @@ import re
 import sys
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Optional, Tuple
 from urllib.parse import quote, unquote
@@ -54,6 +55,7 @@ R_WRONG_ENDPOINT = "wrong_endpoint"
 R_WRONG_USER = "wrong_user"
 R_EXPIRES_TOO_LONG = "expires_too_long"
 R_EXPIRED = "expired"
+R_REVOKED = "revoked"
 R_NOT_YET_VALID = "not_yet_valid"
 R_UNKNOWN_KEY = "unknown_key"
 R_BAD_SESSION_TOKEN = "bad_session_token"
@@ -425,13 +427,21 @@ class Verifier:
         self.region = region
         self._clock = clock
         self.skew_seconds = 0.0
+        self.revoked_before: Optional[float] = None
 
     def now(self) -> float:
         """The verifier's notion of the current time (real clock + skew)."""
         return self._clock() + self.skew_seconds
 
     def verify(self, token: str, login_user: str) -> Tuple[bool, str]:
-        """Verify one login attempt."""
-        return verify_token(
+        """Verify one login attempt; valid tokens signed before ``revoked_before`` are refused
+        as ``revoked`` (how tests make a cached token go bad while fresh ones work)."""
+        ok, reason = verify_token(
             token, login_user, keys=self.keys, endpoints=self.endpoints, region=self.region, now=self.now()
         )
+        if ok and self.revoked_before is not None:
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit("//" + token).query)
+            signed = calendar.timegm(time.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ"))
+            if signed < self.revoked_before:
+                return False, R_REVOKED
+        return ok, reason

@@ -27,6 +27,7 @@ Control socket (``control_socket``, mode 0600): one JSON command per line,
 reply ``{"ok": true}``:
 
 * ``{"skew_seconds": N}`` - shift the verifier's clock by N seconds
+* ``{"revoke_signed_before": EPOCH}`` - refuse otherwise valid tokens signed before EPOCH
 * ``{"add_key": {"access_key_id": .., "secret_access_key": .., "session_token": ..}}``
 """
 
@@ -376,6 +377,8 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         for name, value in command.items():
             if name == "skew_seconds":
                 self.verifier.skew_seconds = float(value)
+            elif name == "revoke_signed_before":
+                self.verifier.revoked_before = None if value is None else float(value)
             elif name == "add_key":
                 self.verifier.keys.add(
                     value["access_key_id"], value["secret_access_key"], value.get("session_token")
