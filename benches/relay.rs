@@ -16,6 +16,7 @@ async fn one_pass() {
             &mut proxy_client,
             &mut proxy_upstream,
             CancellationToken::new(),
+            None,
         )
         .await;
     });

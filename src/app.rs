@@ -5,11 +5,17 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::cancel::CancelMap;
-use crate::config::{Config, Target};
+use crate::config::{Config, ProxySettings, Target};
+use crate::health::Health;
+use crate::http::{self, HttpState};
+use crate::metrics::Metrics;
 use aws_config::SdkConfig;
 
 use crate::iam::{
@@ -33,6 +39,8 @@ pub struct Prepared {
     pub listeners: Vec<(Listener, Arc<TargetContext>)>,
     /// The shared token cache (for stats).
     pub cache: TokenCache,
+    /// Process metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Builds everything the server needs with the environment's AWS configuration.
@@ -42,18 +50,27 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
     prepare_with(config, &sdk, Arc::new(SystemClock)).await
 }
 
-/// Builds everything the server needs from a loaded AWS configuration and a clock, and
-/// binds the listeners.
-pub async fn prepare_with(
+/// The per-target contexts and the shared parts, without listeners.
+#[derive(Debug)]
+pub struct Contexts {
+    /// Each target with its context.
+    pub targets: Vec<(Target, Arc<TargetContext>)>,
+    /// The shared token cache.
+    pub cache: TokenCache,
+    /// Process metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Builds credential sources, the token cache, TLS configurations and target contexts.
+pub async fn contexts(
     config: &Config,
     sdk: &SdkConfig,
     clock: Arc<dyn Clock>,
-) -> Result<Prepared, StartError> {
-    let sdk = sdk.clone();
-    let mut sources = HashMap::from([(None, Arc::new(CredentialSource::from_sdk(&sdk)))]);
+) -> Result<Contexts, StartError> {
+    let mut sources = HashMap::from([(None, Arc::new(CredentialSource::from_sdk(sdk)))]);
     for role in config.targets.iter().filter_map(|t| t.role.clone()) {
         if !sources.contains_key(&Some(role.clone())) {
-            let source = CredentialSource::assume_role(&sdk, &role).await;
+            let source = CredentialSource::assume_role(sdk, &role).await;
             sources.insert(Some(role), Arc::new(source));
         }
     }
@@ -63,7 +80,8 @@ pub async fn prepare_with(
     };
     let cache = TokenCache::new(sources, settings, clock);
     let cancels = Arc::new(CancelMap::default());
-    let mut listeners = Vec::new();
+    let metrics = Arc::new(Metrics::default());
+    let mut targets = Vec::new();
     for target in &config.targets {
         let region = resolve_region(
             target.region.as_deref(),
@@ -73,7 +91,9 @@ pub async fn prepare_with(
         .map_err(|e| StartError(e.to_string()))?;
         let tls = client_config(target.ca_file.as_deref(), target.tls_mode)
             .map_err(|e| StartError(e.to_string()))?;
-        let endpoint = Endpoint::new(&target.host, target.port, tls).map_err(StartError)?;
+        let keepalive = config.proxy.tcp_keepalive;
+        let endpoint =
+            Endpoint::new(&target.host, target.port, tls, keepalive).map_err(StartError)?;
         let ctx = Arc::new(TargetContext {
             name: target.name.clone(),
             endpoint: Arc::new(endpoint),
@@ -83,12 +103,36 @@ pub async fn prepare_with(
             cache: cache.clone(),
             cancels: cancels.clone(),
             settings: config.proxy.clone(),
+            metrics: metrics.clone(),
         });
+        targets.push((target.clone(), ctx));
+    }
+    Ok(Contexts {
+        targets,
+        cache,
+        metrics,
+    })
+}
+
+/// Builds everything the server needs from a loaded AWS configuration and a clock, and
+/// binds the listeners.
+pub async fn prepare_with(
+    config: &Config,
+    sdk: &SdkConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<Prepared, StartError> {
+    let built = contexts(config, sdk, clock).await?;
+    let mut listeners = Vec::new();
+    for (target, ctx) in &built.targets {
         for listener in bind(target).await? {
             listeners.push((listener, ctx.clone()));
         }
     }
-    Ok(Prepared { listeners, cache })
+    Ok(Prepared {
+        listeners,
+        cache: built.cache,
+        metrics: built.metrics,
+    })
 }
 
 async fn bind(target: &Target) -> Result<Vec<Listener>, StartError> {
@@ -133,15 +177,76 @@ pub async fn run(config: Config) -> Result<RunReport, StartError> {
     let prepared = prepare(&config).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
-    let report = server::run(
-        prepared.listeners,
-        config.proxy.max_connections,
-        shutdown,
-        config.proxy.shutdown_timeout,
-    )
-    .await;
+    let report = serve(prepared, &config.proxy, shutdown).await?;
     tracing::info!(cut_sessions = report.cut_sessions, "stopped");
     Ok(report)
+}
+
+/// Serves prepared targets (and the HTTP endpoint, if configured) until `shutdown` fires,
+/// then: readiness turns 503 at once, listeners keep accepting for `min_shutdown_delay`, and
+/// open sessions get at most `max_shutdown_delay` to finish.
+pub async fn serve(
+    prepared: Prepared,
+    settings: &ProxySettings,
+    shutdown: CancellationToken,
+) -> Result<RunReport, StartError> {
+    let limit =
+        (settings.max_connections > 0).then(|| Arc::new(Semaphore::new(settings.max_connections)));
+    let health = Arc::new(Health::new(limit.clone()));
+    let stop_http = CancellationToken::new();
+    if let Some(addr) = settings.http_addr {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| StartError(format!("cannot listen on {addr} (--http-addr): {e}")))?;
+        let local = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!(http = %local, quitquitquit = settings.quitquitquit, "http endpoint listening");
+        let state = Arc::new(HttpState {
+            health: health.clone(),
+            registry: prepared.metrics.registry(prepared.cache.clone()),
+            quit: settings.quitquitquit.then(|| shutdown.clone()),
+        });
+        tokio::spawn(http::serve(listener, state, stop_http.clone()));
+    }
+    let stop_accepting = CancellationToken::new();
+    tokio::spawn(begin_shutdown(
+        shutdown,
+        health.clone(),
+        settings.min_shutdown_delay,
+        stop_accepting.clone(),
+    ));
+    health.set_started();
+    tracing::info!("ready");
+    let report = server::run(
+        prepared.listeners,
+        limit,
+        stop_accepting,
+        settings.max_shutdown_delay,
+    )
+    .await;
+    stop_http.cancel();
+    Ok(report)
+}
+
+async fn begin_shutdown(
+    shutdown: CancellationToken,
+    health: Arc<Health>,
+    min_delay: Duration,
+    stop_accepting: CancellationToken,
+) {
+    shutdown.cancelled().await;
+    health.set_draining();
+    if !min_delay.is_zero() {
+        tracing::info!(
+            ?min_delay,
+            "shutting down: still accepting for the minimum delay"
+        );
+        tokio::time::sleep(min_delay).await;
+    }
+    tracing::info!("shutting down: no longer accepting");
+    stop_accepting.cancel();
 }
 
 async fn signal_shutdown(shutdown: CancellationToken) {

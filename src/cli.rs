@@ -58,6 +58,39 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print one IAM auth token on stdout (like `aws rds generate-db-auth-token`).
     Token(TokenArgs),
+    /// Check the configuration, credentials, DNS, TLS (and optionally a login); exit 1 on
+    /// the first failure.
+    Check(Box<CheckArgs>),
+    /// Exit 0 once a running proxy's /startup answers 200 (start-up ordering).
+    Wait(WaitArgs),
+}
+
+/// `check` flags: every `run` flag, plus the login check.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// The configuration to check (same flags as `run`).
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Also log in to each target.
+    #[arg(long)]
+    pub login: bool,
+    /// User for --login when the target has no --db-user.
+    #[arg(long, value_name = "USER")]
+    pub login_user: Option<String>,
+    /// Database for --login.
+    #[arg(long, default_value = "postgres")]
+    pub database: String,
+}
+
+/// `wait` flags.
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// Give up after this long.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub max: std::time::Duration,
+    /// The proxy's --http-addr.
+    #[arg(long, env = "PG_IAM_PROXY_HTTP_ADDR", default_value = "127.0.0.1:9090")]
+    pub http_addr: std::net::SocketAddr,
 }
 
 /// `run` flags.

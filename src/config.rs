@@ -23,6 +23,15 @@ pub enum TlsMode {
     VerifyCa,
 }
 
+impl std::fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::VerifyFull => "verify-full",
+            Self::VerifyCa => "verify-ca",
+        })
+    }
+}
+
 /// Settings of one target (a listener and the database behind it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
@@ -100,10 +109,29 @@ pub struct ProxyArgs {
     #[arg(long, env = "PG_IAM_PROXY_CONNECT_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
-    /// On SIGTERM/SIGINT, how long open sessions may run before they are cut [default: 30s].
-    #[arg(long, env = "PG_IAM_PROXY_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
+    /// On SIGTERM/SIGINT, keep accepting for this long (readiness is already 503) so load
+    /// balancers catch up [default: 0s].
+    #[arg(long, env = "PG_IAM_PROXY_MIN_SHUTDOWN_DELAY", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
-    pub shutdown_timeout: Option<Duration>,
+    pub min_shutdown_delay: Option<Duration>,
+    /// Then let open sessions finish for at most this long before they are cut [default: 30s].
+    #[arg(long, env = "PG_IAM_PROXY_MAX_SHUTDOWN_DELAY", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub max_shutdown_delay: Option<Duration>,
+    /// Close sessions with no traffic either way for this long [default: never].
+    #[arg(long, env = "PG_IAM_PROXY_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// TCP keepalive idle time on client and upstream sockets; 0s turns it off [default: 60s].
+    #[arg(long, env = "PG_IAM_PROXY_TCP_KEEPALIVE", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub tcp_keepalive: Option<Duration>,
+    /// Serve /startup, /liveness, /readiness and /metrics on this address [default: off].
+    #[arg(long, env = "PG_IAM_PROXY_HTTP_ADDR", value_name = "ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Enable `POST /quitquitquit` on the HTTP address to start a graceful shutdown.
+    #[arg(long, env = "PG_IAM_PROXY_QUITQUITQUIT", num_args = 0..=1, default_missing_value = "true")]
+    pub quitquitquit: Option<bool>,
     /// Tokens are replaced this long before they expire [default: 60s].
     #[arg(long, env = "PG_IAM_PROXY_TOKEN_REFRESH_MARGIN", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
@@ -159,8 +187,18 @@ pub struct ProxySettings {
     pub handshake_timeout: Duration,
     /// See [`ProxyArgs::connect_timeout`].
     pub connect_timeout: Duration,
-    /// See [`ProxyArgs::shutdown_timeout`].
-    pub shutdown_timeout: Duration,
+    /// See [`ProxyArgs::min_shutdown_delay`].
+    pub min_shutdown_delay: Duration,
+    /// See [`ProxyArgs::max_shutdown_delay`].
+    pub max_shutdown_delay: Duration,
+    /// See [`ProxyArgs::idle_timeout`].
+    pub idle_timeout: Option<Duration>,
+    /// See [`ProxyArgs::tcp_keepalive`]; `None` = off.
+    pub tcp_keepalive: Option<Duration>,
+    /// See [`ProxyArgs::http_addr`].
+    pub http_addr: Option<SocketAddr>,
+    /// See [`ProxyArgs::quitquitquit`].
+    pub quitquitquit: bool,
     /// See [`ProxyArgs::token_refresh_margin`].
     pub token_refresh_margin: Duration,
     /// See [`ProxyArgs::max_connections`]; 0 = unlimited.
@@ -219,26 +257,38 @@ pub fn build(
     cli_target: &TargetArgs,
     file: &FileConfig,
 ) -> Result<Config, ConfigError> {
-    let p = &file.proxy;
+    let (c, f) = (cli_proxy, &file.proxy);
+    let secs = Duration::from_secs;
     let proxy = ProxySettings {
-        handshake_timeout: cli_proxy
+        handshake_timeout: c
             .handshake_timeout
-            .or(p.handshake_timeout)
-            .unwrap_or(Duration::from_secs(10)),
-        connect_timeout: cli_proxy
-            .connect_timeout
-            .or(p.connect_timeout)
-            .unwrap_or(Duration::from_secs(15)),
-        shutdown_timeout: cli_proxy
-            .shutdown_timeout
-            .or(p.shutdown_timeout)
-            .unwrap_or(Duration::from_secs(30)),
-        token_refresh_margin: cli_proxy
+            .or(f.handshake_timeout)
+            .unwrap_or(secs(10)),
+        connect_timeout: c.connect_timeout.or(f.connect_timeout).unwrap_or(secs(15)),
+        min_shutdown_delay: c
+            .min_shutdown_delay
+            .or(f.min_shutdown_delay)
+            .unwrap_or_default(),
+        max_shutdown_delay: c
+            .max_shutdown_delay
+            .or(f.max_shutdown_delay)
+            .unwrap_or(secs(30)),
+        idle_timeout: c.idle_timeout.or(f.idle_timeout).filter(|d| !d.is_zero()),
+        tcp_keepalive: Some(c.tcp_keepalive.or(f.tcp_keepalive).unwrap_or(secs(60)))
+            .filter(|d| !d.is_zero()),
+        http_addr: c.http_addr.or(f.http_addr),
+        quitquitquit: c.quitquitquit.or(f.quitquitquit).unwrap_or(false),
+        token_refresh_margin: c
             .token_refresh_margin
-            .or(p.token_refresh_margin)
-            .unwrap_or(Duration::from_secs(60)),
-        max_connections: cli_proxy.max_connections.or(p.max_connections).unwrap_or(0),
+            .or(f.token_refresh_margin)
+            .unwrap_or(secs(60)),
+        max_connections: c.max_connections.or(f.max_connections).unwrap_or(0),
     };
+    if proxy.quitquitquit && proxy.http_addr.is_none() {
+        return Err(ConfigError::Invalid(
+            "--quitquitquit needs --http-addr".into(),
+        ));
+    }
     if proxy.token_refresh_margin >= Duration::from_secs(400) {
         return Err(ConfigError::Invalid(
             "token_refresh_margin must be under 400s (tokens live 900s)".into(),

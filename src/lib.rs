@@ -19,14 +19,19 @@
 
 pub mod app;
 pub mod cancel;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod health;
+pub mod http;
 pub mod iam;
+pub mod metrics;
 pub mod relay;
 pub mod server;
 pub mod session;
 pub mod upstream;
+pub mod wait;
 pub mod wire;

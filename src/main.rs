@@ -40,6 +40,17 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Some(Command::Token(args)) => commands::token(args).await,
+            Some(Command::Check(args)) => {
+                let options = pg_iam_proxy::check::CheckOptions {
+                    login: args.login,
+                    login_user: args.login_user.clone(),
+                    database: args.database.clone(),
+                };
+                pg_iam_proxy::check::check(&args.run, &options).await
+            }
+            Some(Command::Wait(args)) => {
+                Ok(pg_iam_proxy::wait::wait(args.http_addr, args.max).await)
+            }
             Some(Command::Run(args)) => commands::run(*args).await,
             None => commands::run(cli.run).await,
         }

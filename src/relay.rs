@@ -6,11 +6,12 @@
 //! data is moving: the buffer is released whenever the reader has nothing more, so an idle
 //! session costs no buffer memory (most proxied sessions are idle most of the time).
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
@@ -96,10 +97,29 @@ pub enum Ended {
     Failed,
     /// Cut at the end of a shutdown drain.
     Cut,
+    /// No traffic either way for the idle timeout.
+    Idle,
 }
 
-/// Relays until both directions are done, an error occurs, or `cut` fires.
-pub async fn splice<C, U>(client: &mut C, upstream: &mut U, cut: CancellationToken) -> Ended
+/// How a splice ended and what it moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Why it ended.
+    pub ended: Ended,
+    /// Bytes client -> server.
+    pub to_server: u64,
+    /// Bytes server -> client.
+    pub to_client: u64,
+}
+
+/// Relays until both directions are done, an error occurs, `cut` fires, or nothing moved
+/// for `idle` (when given).
+pub async fn splice<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    cut: CancellationToken,
+    idle: Option<Duration>,
+) -> Outcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -107,6 +127,8 @@ where
     let mut up = Pipe::default();
     let mut down = Pipe::default();
     let mut client_first = None;
+    let mut idle_timer = idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
+    let mut moved = 0u64;
     let copy = poll_fn(|cx| {
         if !up.done {
             if let Poll::Ready(r) =
@@ -125,14 +147,24 @@ where
             }
         }
         if up.done && down.done {
-            Poll::Ready(Ok::<_, io::Error>(()))
-        } else {
-            Poll::Pending
+            return Poll::Ready(Ok::<_, io::Error>(()));
         }
+        if let Some((limit, timer)) = idle_timer.as_mut() {
+            let total = up.bytes + down.bytes;
+            if total != moved {
+                moved = total;
+                timer.as_mut().reset(tokio::time::Instant::now() + *limit);
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+            }
+        }
+        Poll::Pending
     });
     let ended = tokio::select! {
         result = copy => match result {
             Ok(()) => Ended::Closed { client_first: client_first.unwrap_or(true) },
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Ended::Idle,
             Err(e) => {
                 tracing::debug!(error = %e, "session ended with an I/O error");
                 Ended::Failed
@@ -146,5 +178,9 @@ where
         ?ended,
         "session closed"
     );
-    ended
+    Outcome {
+        ended,
+        to_server: up.bytes,
+        to_client: down.bytes,
+    }
 }

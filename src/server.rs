@@ -14,7 +14,9 @@ use tracing::Instrument;
 
 use crate::client;
 use crate::error::{sqlstate, ClientError};
+use crate::metrics::TargetLabel;
 use crate::session::{self, TargetContext};
+use crate::upstream::connect::tune_socket;
 
 /// A bound listener.
 #[derive(Debug)]
@@ -32,16 +34,16 @@ pub struct RunReport {
     pub cut_sessions: usize,
 }
 
-/// Serves `listeners` until `shutdown` fires, then drains.
+/// Serves `listeners` until `stop_accepting` fires, then lets sessions finish for at most
+/// `drain`. `limit` bounds concurrent client connections.
 pub async fn run(
     listeners: Vec<(Listener, Arc<TargetContext>)>,
-    max_connections: usize,
-    shutdown: CancellationToken,
+    limit: Option<Arc<Semaphore>>,
+    stop_accepting: CancellationToken,
     drain: std::time::Duration,
 ) -> RunReport {
     let tracker = TaskTracker::new();
     let cut = CancellationToken::new();
-    let limit = (max_connections > 0).then(|| Arc::new(Semaphore::new(max_connections)));
     let mut loops = Vec::new();
     for (listener, ctx) in listeners {
         let acceptor = Acceptor {
@@ -50,7 +52,7 @@ pub async fn run(
             cut: cut.clone(),
             limit: limit.clone(),
         };
-        loops.push(tokio::spawn(acceptor.run(listener, shutdown.clone())));
+        loops.push(tokio::spawn(acceptor.run(listener, stop_accepting.clone())));
     }
     for l in loops {
         let _ = l.await;
@@ -89,7 +91,7 @@ impl Acceptor {
             };
             match accepted {
                 Ok(Accepted::Tcp(stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
+                    let _ = tune_socket(&stream, self.ctx.settings.tcp_keepalive);
                     self.spawn(stream, peer.to_string());
                 }
                 Ok(Accepted::Unix(stream)) => self.spawn(stream, "unix-socket".to_owned()),
@@ -116,6 +118,7 @@ impl Acceptor {
             Some(limit) => match limit.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
+                    self.ctx.metrics.refused_at_limit.inc();
                     self.tracker.spawn(
                         async move {
                             tracing::warn!("connection limit reached; client refused");
@@ -133,9 +136,16 @@ impl Acceptor {
         };
         let ctx = self.ctx.clone();
         let cut = self.cut.clone();
+        let label = TargetLabel {
+            target: ctx.name.clone(),
+        };
+        ctx.metrics.accepted.get_or_create(&label).inc();
+        let open = ctx.metrics.open.get_or_create(&label).clone();
+        open.inc();
         self.tracker.spawn(
             async move {
                 session::serve(&ctx, stream, cut).await;
+                open.dec();
                 drop(permit);
             }
             .instrument(span),

@@ -16,6 +16,7 @@ use crate::client::{self, Hello, StartupInfo};
 use crate::config::ProxySettings;
 use crate::error::{sqlstate, ClientError};
 use crate::iam::{RoleSpec, TokenCache, TokenKey};
+use crate::metrics::{BytesLabels, Metrics, TargetLabel};
 use crate::relay;
 use crate::upstream::auth::{login, AuthError, Login, ServerError};
 use crate::upstream::connect::{connect, Endpoint, UpstreamStream};
@@ -40,6 +41,8 @@ pub struct TargetContext {
     pub cancels: Arc<CancelMap>,
     /// Timeouts.
     pub settings: ProxySettings,
+    /// Process metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// An upstream session ready for the client.
@@ -51,10 +54,10 @@ struct Opened {
 
 /// Why no upstream session was opened.
 enum Failure {
-    /// Our own error for the client.
-    Client(ClientError),
-    /// The server's ErrorResponse, to relay verbatim.
-    Server(BytesMut),
+    /// Our own error for the client, with a short reason for metrics.
+    Client(ClientError, &'static str),
+    /// The server's ErrorResponse, to relay verbatim, with a short reason.
+    Server(BytesMut, &'static str),
 }
 
 /// Serves one accepted client connection to the end.
@@ -102,25 +105,39 @@ where
         ctx.settings.connect_timeout,
         open(ctx, &user, &info),
     ));
-    let opened = match opening.await {
-        Ok(Ok(opened)) => opened,
-        Ok(Err(Failure::Client(e))) => {
-            tracing::warn!(error = %e, "upstream login failed");
-            return client::reject(&mut client, &e).await;
-        }
-        Ok(Err(Failure::Server(frame))) => return client::relay_error(&mut client, &frame).await,
-        Err(_) => {
-            let e = ClientError::new(
+    let failure = match opening.await {
+        Ok(Ok(opened)) => Ok(opened),
+        Ok(Err(failure)) => Err(failure),
+        Err(_) => Err(Failure::Client(
+            ClientError::new(
                 sqlstate::UNABLE_TO_CONNECT,
                 format!(
                     "pg-iam-proxy: timeout connecting to {}:{} after {:?}",
                     ctx.endpoint.host, ctx.endpoint.port, ctx.settings.connect_timeout
                 ),
-            );
+            ),
+            "timeout",
+        )),
+    };
+    let opened = match failure {
+        Ok(opened) => opened,
+        Err(Failure::Client(e, reason)) => {
+            ctx.metrics.login_failed(&ctx.name, reason);
             tracing::warn!(error = %e, "upstream login failed");
             return client::reject(&mut client, &e).await;
         }
+        Err(Failure::Server(frame, reason)) => {
+            ctx.metrics.login_failed(&ctx.name, reason);
+            return client::relay_error(&mut client, &frame).await;
+        }
     };
+    let label = TargetLabel {
+        target: ctx.name.clone(),
+    };
+    ctx.metrics
+        .connect_seconds
+        .get_or_create(&label)
+        .observe(started.elapsed().as_secs_f64());
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, addr = %opened.addr, "upstream session open");
     let Opened {
         mut stream,
@@ -145,7 +162,51 @@ where
         return;
     }
     drop((info, login.server_params, login.ready, user));
-    relay::splice(&mut client, &mut stream, cut).await;
+    let outcome = relay::splice(&mut client, &mut stream, cut, ctx.settings.idle_timeout).await;
+    for (direction, bytes) in [
+        ("to_server", outcome.to_server),
+        ("to_client", outcome.to_client),
+    ] {
+        let labels = BytesLabels {
+            target: ctx.name.clone(),
+            direction,
+        };
+        ctx.metrics.bytes.get_or_create(&labels).inc_by(bytes);
+    }
+    if outcome.ended == relay::Ended::Idle {
+        tracing::info!(timeout = ?ctx.settings.idle_timeout, "idle session closed");
+    }
+}
+
+/// Logs in upstream as `user` to `database` and closes again: the `check` command's login.
+pub async fn login_check(ctx: &TargetContext, user: &str, database: &str) -> Result<(), String> {
+    let info = StartupInfo {
+        user: user.to_owned(),
+        database: database.to_owned(),
+        params: vec![("application_name".into(), "pg-iam-proxy check".into())],
+        minor_version: 0,
+        protocol_options: Vec::new(),
+    };
+    match timeout(ctx.settings.connect_timeout, open(ctx, user, &info)).await {
+        Ok(Ok(mut opened)) => {
+            let _ = opened.stream.shutdown().await;
+            Ok(())
+        }
+        Ok(Err(Failure::Client(e, _))) => Err(e.to_string()),
+        Ok(Err(Failure::Server(frame, _))) => Err(
+            match wire::decode::<ErrorResponse>(frame, "ErrorResponse") {
+                Ok(e) => e
+                    .fields
+                    .iter()
+                    .filter(|(k, _)| matches!(k, b'C' | b'M' | b'H'))
+                    .map(|(_, v)| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+                Err(_) => "the server refused the login".to_owned(),
+            },
+        ),
+        Err(_) => Err(format!("timeout after {:?}", ctx.settings.connect_timeout)),
+    }
 }
 
 async fn open(ctx: &TargetContext, user: &str, info: &StartupInfo) -> Result<Opened, Failure> {
@@ -158,14 +219,15 @@ async fn open(ctx: &TargetContext, user: &str, info: &StartupInfo) -> Result<Ope
     };
     for attempt in 0..2 {
         let token = ctx.cache.token(&key).await.map_err(|e| {
-            Failure::Client(ClientError::new(
-                sqlstate::INVALID_AUTHORIZATION,
-                format!("pg-iam-proxy: no IAM auth token for {user}: {e}"),
-            ))
+            let message = format!("pg-iam-proxy: no IAM auth token for {user}: {e}");
+            Failure::Client(
+                ClientError::new(sqlstate::INVALID_AUTHORIZATION, message),
+                "token",
+            )
         })?;
         let (mut stream, addr) = connect(&ctx.endpoint)
             .await
-            .map_err(|e| Failure::Client(e.to_client()))?;
+            .map_err(|e| Failure::Client(e.to_client(), e.reason()))?;
         match login(&mut stream, user, info, token.expose()).await {
             Ok(login) => {
                 return Ok(Opened {
@@ -178,15 +240,18 @@ async fn open(ctx: &TargetContext, user: &str, info: &StartupInfo) -> Result<Ope
                 tracing::info!(code = %e.code, "login with a cached token refused; retrying with a new token");
                 ctx.cache.invalidate(&key);
             }
-            Err(AuthError::Refused(e)) => return Err(Failure::Server(with_hint(ctx, user, e))),
-            Err(AuthError::Server(e)) => return Err(Failure::Server(e.frame)),
-            Err(other) => return Err(Failure::Client(other.to_client())),
+            Err(AuthError::Refused(e)) => {
+                return Err(Failure::Server(with_hint(ctx, user, e), "refused"))
+            }
+            Err(AuthError::Server(e)) => return Err(Failure::Server(e.frame, "server")),
+            Err(other) => return Err(Failure::Client(other.to_client(), other.reason())),
         }
     }
-    Err(Failure::Client(ClientError::new(
+    let refused = ClientError::new(
         sqlstate::INVALID_AUTHORIZATION,
         "pg-iam-proxy: login refused",
-    )))
+    );
+    Err(Failure::Client(refused, "refused"))
 }
 
 /// The server's refusal, verbatim, plus a hint of what to check when it has none.

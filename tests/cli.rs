@@ -204,7 +204,7 @@ fn sigterm(child: &Child) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_open_sessions_and_logs_no_secrets() {
     let si = StandIn::shared();
-    let mut proxy = Running::start(si, &["--shutdown-timeout", "60s"]);
+    let mut proxy = Running::start(si, &["--max-shutdown-delay", "60s"]);
     let addr = proxy.addr();
     let (client, conn) = pg(addr, &si.info.iam_user, &si.info.database)
         .await
@@ -247,7 +247,7 @@ async fn sigterm_drains_open_sessions_and_logs_no_secrets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_still_open_after_the_drain_are_cut_with_exit_code_1() {
     let si = StandIn::shared();
-    let mut proxy = Running::start(si, &["--shutdown-timeout", "1s"]);
+    let mut proxy = Running::start(si, &["--max-shutdown-delay", "1s"]);
     let addr = proxy.addr();
     let (client, _conn) = pg(addr, &si.info.iam_user, &si.info.database)
         .await

@@ -219,6 +219,26 @@ impl TokenCache {
         }
     }
 
+    /// For each credential source (by role ARN, `None` for the default chain), when its
+    /// current credentials expire (`None`: they do not, or none were fetched yet).
+    pub fn credential_expiries(&self) -> Vec<(Option<String>, Option<SystemTime>)> {
+        self.inner
+            .sources
+            .values()
+            .map(|s| (s.role().map(str::to_owned), s.expiry()))
+            .collect()
+    }
+
+    /// The credential source used for `role`.
+    pub fn source(&self, role: &Option<RoleSpec>) -> Option<Arc<CredentialSource>> {
+        self.inner.sources.get(role).cloned()
+    }
+
+    /// The clock the cache uses.
+    pub fn now(&self) -> SystemTime {
+        self.inner.clock.now()
+    }
+
     fn ensure_refresher(&self, key: &TokenKey, slot: &Arc<Slot>) {
         {
             let mut state = lock(&slot.state);

@@ -113,6 +113,21 @@ impl CredentialSource {
         }
     }
 
+    /// The underlying provider (e.g. for an STS GetCallerIdentity check).
+    pub fn provider(&self) -> Option<SharedCredentialsProvider> {
+        self.provider.clone()
+    }
+
+    /// The role ARN this source assumes, if any.
+    pub fn role(&self) -> Option<&str> {
+        self.role.as_deref()
+    }
+
+    /// Expiry of the credentials in use, if they expire; `None` also while a fetch is running.
+    pub fn expiry(&self) -> Option<SystemTime> {
+        self.cached.try_lock().ok()?.as_ref()?.expiry()
+    }
+
     /// Credentials valid beyond `needed_until` when the provider has such; the cached ones
     /// are reused while they are. Fails only when none are available or they expired by `now`.
     pub async fn credentials(

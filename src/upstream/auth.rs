@@ -57,6 +57,16 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// Short reason for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Refused(_) => "refused",
+            Self::Server(_) => "server",
+            Self::NotIam { .. } => "not_iam",
+            Self::Protocol(_) => "protocol",
+        }
+    }
+
     /// What the client is told, unless the server's error is relayed verbatim.
     pub fn to_client(&self) -> ClientError {
         match self {

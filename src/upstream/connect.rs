@@ -31,11 +31,18 @@ pub struct Endpoint {
     pub tls: Arc<ClientConfig>,
     /// Parsed server name for SNI and verification.
     pub server_name: ServerName<'static>,
+    /// TCP keepalive idle time, if on.
+    pub keepalive: Option<Duration>,
 }
 
 impl Endpoint {
     /// An endpoint; fails if `host` is not a valid DNS name or IP address.
-    pub fn new(host: &str, port: u16, tls: Arc<ClientConfig>) -> Result<Self, String> {
+    pub fn new(
+        host: &str,
+        port: u16,
+        tls: Arc<ClientConfig>,
+        keepalive: Option<Duration>,
+    ) -> Result<Self, String> {
         let server_name = ServerName::try_from(host.to_owned())
             .map_err(|e| format!("invalid host name {host:?}: {e}"))?;
         Ok(Self {
@@ -43,6 +50,7 @@ impl Endpoint {
             port,
             tls,
             server_name,
+            keepalive,
         })
     }
 }
@@ -85,6 +93,15 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
+    /// Short reason for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Resolve { .. } => "dns",
+            Self::Tcp { .. } => "connect",
+            Self::NoTls { .. } | Self::Tls { .. } => "tls",
+        }
+    }
+
     /// What the client is told.
     pub fn to_client(&self) -> ClientError {
         let code = match self {
@@ -95,12 +112,16 @@ impl ConnectError {
     }
 }
 
-fn set_keepalive(stream: &TcpStream) -> std::io::Result<()> {
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(10))
-        .with_retries(6);
-    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)?;
+/// Turns on TCP keepalive (`idle` before the first probe, then every 10 s, 6 probes) and
+/// TCP_NODELAY.
+pub fn tune_socket(stream: &TcpStream, idle: Option<Duration>) -> std::io::Result<()> {
+    if let Some(idle) = idle {
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(Duration::from_secs(10))
+            .with_retries(6);
+        socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)?;
+    }
     stream.set_nodelay(true)
 }
 
@@ -143,7 +164,7 @@ async fn handshake(ep: &Endpoint, mut tcp: TcpStream) -> Result<UpstreamStream, 
         endpoint: endpoint.clone(),
         detail,
     };
-    set_keepalive(&tcp).map_err(|e| no_tls(e.to_string()))?;
+    tune_socket(&tcp, ep.keepalive).map_err(|e| no_tls(e.to_string()))?;
     tcp.write_all(&SSL_REQUEST)
         .await
         .map_err(|e| no_tls(e.to_string()))?;

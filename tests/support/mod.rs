@@ -12,7 +12,7 @@ use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::Credentials;
 use pg_iam_proxy::config::{build, FileConfig, ProxyArgs, TargetArgs};
 use pg_iam_proxy::iam::{Clock, SystemClock, TokenCache};
-use pg_iam_proxy::server::{self, Listener, RunReport};
+use pg_iam_proxy::server::{Listener, RunReport};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -216,20 +216,28 @@ impl ProxySpec {
             }
         }
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(server::run(
-            prepared.listeners,
-            config.proxy.max_connections,
-            shutdown.clone(),
-            config.proxy.shutdown_timeout,
-        ));
+        let cache = prepared.cache.clone();
+        let settings = config.proxy.clone();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            pg_iam_proxy::app::serve(prepared, &settings, stop)
+                .await
+                .expect("serve")
+        });
         Proxy {
             addr: addr.expect("tcp listener"),
             unix_socket,
             shutdown,
             task,
-            cache: prepared.cache,
+            cache,
         }
     }
+}
+
+/// A port that was free a moment ago (for listeners whose address must be known up front).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
 }
 
 /// tokio-postgres through the proxy (plain TCP to the proxy, as local clients do).
@@ -282,4 +290,42 @@ pub fn message(e: &tokio_postgres::Error) -> String {
     e.as_db_error()
         .map(|d| format!("{} | hint: {:?}", d.message(), d.hint()))
         .unwrap_or_else(|| e.to_string())
+}
+
+/// A plain HTTP/1.1 request to the proxy's operator endpoint: (status, body).
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, String::new()); // not listening (yet)
+    };
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    s.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    s.read_to_string(&mut response).await.expect("read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Polls `path` until it answers `want` (bounded), for state changes that happen in the
+/// background (a session task finishing).
+pub async fn http_until(addr: SocketAddr, path: &str, want: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if http(addr, "GET", path).await.0 == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} never answered {want}"
+        );
+        tokio::task::yield_now().await;
+    }
 }

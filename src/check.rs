@@ -1,0 +1,143 @@
+//! `pg-iam-proxy check`: validates the configuration and walks every step a connection will
+//! take, stopping at the first failure with what to fix: config, credentials (STS
+//! GetCallerIdentity: account and ARN, never secrets), region, DNS, TLS with certificate
+//! verification, and optionally a real login.
+
+use std::collections::HashSet;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use aws_config::SdkConfig;
+use aws_smithy_types::error::display::DisplayErrorContext;
+
+use crate::app::{self, Contexts};
+use crate::config::{self, Config, FileConfig};
+use crate::iam::{load_sdk_config, SystemClock, TokenCache};
+use crate::session::{login_check, TargetContext};
+use crate::upstream::connect::connect;
+
+/// What to check besides the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct CheckOptions {
+    /// Also log in, as this user (default: the target's db_user).
+    pub login: bool,
+    /// Login user when the target has no db_user.
+    pub login_user: Option<String>,
+    /// Database for the login.
+    pub database: String,
+}
+
+struct Failed(String);
+
+fn ok(what: &str) {
+    println!("ok    {what}");
+}
+
+/// Runs the checks; exit code 0 when all pass, 1 at the first failure.
+pub async fn check(
+    run: &crate::cli::RunArgs,
+    options: &CheckOptions,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    match steps(run, options).await {
+        Ok(()) => {
+            println!("all checks passed");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(Failed(message)) => {
+            println!("FAIL  {message}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn steps(run: &crate::cli::RunArgs, options: &CheckOptions) -> Result<(), Failed> {
+    let file = match &run.config {
+        Some(path) => config::read_file(path).map_err(|e| Failed(format!("config: {e}")))?,
+        None => FileConfig::default(),
+    };
+    let config = config::build(&run.proxy, &run.target, &file)
+        .map_err(|e| Failed(format!("config: {e}")))?;
+    ok(&format!("config: {} target(s)", config.targets.len()));
+    let fallback = config.targets.iter().find_map(|t| t.region.as_deref());
+    let sdk = load_sdk_config(fallback).await;
+    let built = app::contexts(&config, &sdk, Arc::new(SystemClock))
+        .await
+        .map_err(|e| Failed(format!("setup: {e}")))?;
+    identities(&config, &sdk, &built.cache).await?;
+    targets(&built, options).await
+}
+
+async fn identities(config: &Config, sdk: &SdkConfig, cache: &TokenCache) -> Result<(), Failed> {
+    let roles: HashSet<_> = config.targets.iter().map(|t| t.role.clone()).collect();
+    for role in roles {
+        let label = role
+            .as_ref()
+            .map_or("default credential chain".to_owned(), |r| {
+                format!("role {}", r.arn)
+            });
+        let provider = cache
+            .source(&role)
+            .and_then(|s| s.provider())
+            .ok_or_else(|| Failed(format!("credentials ({label}): none found; set AWS_PROFILE, run `aws sso login`, or provide AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")))?;
+        let conf = aws_sdk_sts::config::Builder::from(sdk)
+            .credentials_provider(provider)
+            .build();
+        let who = aws_sdk_sts::Client::from_conf(conf)
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| {
+                Failed(format!(
+                    "credentials ({label}): STS GetCallerIdentity failed: {}",
+                    DisplayErrorContext(&e)
+                ))
+            })?;
+        ok(&format!(
+            "credentials ({label}): account {}, {}",
+            who.account().unwrap_or("?"),
+            who.arn().unwrap_or("?")
+        ));
+    }
+    Ok(())
+}
+
+async fn targets(built: &Contexts, options: &CheckOptions) -> Result<(), Failed> {
+    for (target, ctx) in &built.targets {
+        let name = &ctx.name;
+        ok(&format!("{name}: region {}", ctx.region));
+        let addrs: Vec<_> = tokio::net::lookup_host((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| Failed(format!("{name}: cannot resolve {}: {e}", target.host)))?
+            .map(|a| a.ip().to_string())
+            .collect();
+        ok(&format!(
+            "{name}: DNS {} -> {}",
+            target.host,
+            addrs.join(", ")
+        ));
+        let (_stream, addr) = connect(&ctx.endpoint).await.map_err(|e| {
+            Failed(format!(
+                "{name}: {e} (check --ca-file, --tls-mode and that the port is reachable)"
+            ))
+        })?;
+        ok(&format!("{name}: TLS {} to {addr}", target.tls_mode));
+        if options.login {
+            login(ctx, options).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn login(ctx: &TargetContext, options: &CheckOptions) -> Result<(), Failed> {
+    let name = &ctx.name;
+    let user = ctx
+        .db_user
+        .clone()
+        .or_else(|| options.login_user.clone())
+        .ok_or_else(|| Failed(format!("{name}: --login needs --login-user (or --db-user)")))?;
+    login_check(ctx, &user, &options.database)
+        .await
+        .map_err(|e| Failed(format!("{name}: login as {user} failed: {e}")))?;
+    ok(&format!("{name}: login as {user} to {}", options.database));
+    Ok(())
+}

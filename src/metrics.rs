@@ -1,0 +1,178 @@
+//! Prometheus metrics (prometheus-client): connections, upstream connect latency, login
+//! failures by reason, bytes each way, and, read at scrape time, the token cache's counters and
+//! the seconds until the credentials in use expire.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::iam::TokenCache;
+
+/// Label: the target's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    /// Target name.
+    pub target: String,
+}
+
+/// Labels: target and failure reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// Target name.
+    pub target: String,
+    /// Short reason (`dns`, `connect`, `tls`, `token`, `refused`, `not_iam`, `server`, ...).
+    pub reason: String,
+}
+
+/// Labels: target and direction of bytes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    /// Target name.
+    pub target: String,
+    /// `to_server` or `to_client`.
+    pub direction: &'static str,
+}
+
+fn connect_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// All metrics of one process.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Open client connections.
+    pub open: Family<TargetLabel, Gauge>,
+    /// Accepted client connections.
+    pub accepted: Family<TargetLabel, Counter>,
+    /// Clients refused at the connection limit.
+    pub refused_at_limit: Counter,
+    /// Time from the start of the upstream connect to a completed login.
+    pub connect_seconds: Family<TargetLabel, Histogram, fn() -> Histogram>,
+    /// Login failures by reason.
+    pub login_failures: Family<FailureLabels, Counter>,
+    /// Bytes relayed, counted when a session ends.
+    pub bytes: Family<BytesLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            open: Family::default(),
+            accepted: Family::default(),
+            refused_at_limit: Counter::default(),
+            connect_seconds: Family::new_with_constructor(connect_histogram),
+            login_failures: Family::default(),
+            bytes: Family::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a login failure.
+    pub fn login_failed(&self, target: &str, reason: &str) {
+        self.login_failures
+            .get_or_create(&FailureLabels {
+                target: target.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A registry exposing these metrics and the cache's.
+    pub fn registry(self: &std::sync::Arc<Self>, cache: TokenCache) -> Registry {
+        let mut r = Registry::with_prefix("pg_iam_proxy");
+        r.register(
+            "client_connections_open",
+            "Open client connections",
+            self.open.clone(),
+        );
+        r.register(
+            "client_connections",
+            "Accepted client connections",
+            self.accepted.clone(),
+        );
+        r.register(
+            "client_connections_refused_at_limit",
+            "Clients refused because max_connections was reached",
+            self.refused_at_limit.clone(),
+        );
+        r.register(
+            "upstream_connect_seconds",
+            "Time to connect, negotiate TLS and log in upstream",
+            self.connect_seconds.clone(),
+        );
+        r.register(
+            "login_failures",
+            "Failed upstream logins by reason",
+            self.login_failures.clone(),
+        );
+        r.register(
+            "relayed_bytes",
+            "Bytes relayed, by direction",
+            self.bytes.clone(),
+        );
+        r.register_collector(Box::new(CacheCollector(cache)));
+        r
+    }
+}
+
+/// Reads the token cache at scrape time.
+#[derive(Debug)]
+struct CacheCollector(TokenCache);
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(value);
+    let m = e.encode_descriptor(name, help, None, c.metric_type())?;
+    c.encode(m)
+}
+
+impl Collector for CacheCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.stats();
+        counter(
+            &mut e,
+            "token_cache_hits",
+            "Token requests served from the cache",
+            s.hits,
+        )?;
+        counter(
+            &mut e,
+            "token_cache_misses",
+            "Token requests that waited for signing",
+            s.misses,
+        )?;
+        counter(&mut e, "token_refreshes", "Tokens signed", s.signings)?;
+        counter(
+            &mut e,
+            "token_refresh_failures",
+            "Failed signing attempts",
+            s.failures,
+        )?;
+        let now = self.0.now();
+        let soonest = self
+            .0
+            .credential_expiries()
+            .into_iter()
+            .filter_map(|(_, expiry)| expiry)
+            .min();
+        if let Some(expiry) = soonest {
+            let left = match expiry.duration_since(now) {
+                Ok(d) => d.as_secs_f64(),
+                Err(e) => -e.duration().as_secs_f64(),
+            };
+            let g = ConstGauge::new(left);
+            let m = e.encode_descriptor(
+                "credentials_expiry_seconds",
+                "Seconds until the soonest-expiring AWS credentials in use expire",
+                None,
+                g.metric_type(),
+            )?;
+            g.encode(m)?;
+        }
+        Ok(())
+    }
+}
