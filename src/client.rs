@@ -191,31 +191,50 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn startup_without_user_is_refused() {
-        let mut body = vec![0u8, 3, 0, 0];
-        body.extend_from_slice(b"database\0labdb\0\0");
-        let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        packet.extend_from_slice(&body);
+    /// Runs the handshake on one startup packet with `version` and `params` (NUL-separated).
+    async fn handshake_of(version: [u8; 4], params: &[u8]) -> Result<Hello, ClientError> {
+        let mut packet = ((params.len() + 8) as u32).to_be_bytes().to_vec();
+        packet.extend_from_slice(&version);
+        packet.extend_from_slice(params);
         let (mut a, mut b) = tokio::io::duplex(1024);
         tokio::io::AsyncWriteExt::write_all(&mut b, &packet)
             .await
             .expect("write");
-        let err = handshake(&mut a).await.expect_err("no user");
+        handshake(&mut a).await
+    }
+
+    #[tokio::test]
+    async fn startup_without_user_is_refused() {
+        let err = handshake_of([0, 3, 0, 0], b"database\0labdb\0\0")
+            .await
+            .expect_err("no user");
         assert_eq!(err.code, sqlstate::INVALID_AUTHORIZATION, "{err}");
     }
 
     #[tokio::test]
     async fn unknown_protocol_is_refused() {
-        let mut body = vec![0u8, 4, 0, 0];
-        body.extend_from_slice(b"user\0x\0\0");
-        let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        packet.extend_from_slice(&body);
-        let (mut a, mut b) = tokio::io::duplex(1024);
-        tokio::io::AsyncWriteExt::write_all(&mut b, &packet)
+        let err = handshake_of([0, 4, 0, 0], b"user\0x\0\0")
             .await
-            .expect("write");
-        let err = handshake(&mut a).await.expect_err("bad protocol");
+            .expect_err("bad protocol");
         assert_eq!(err.code, sqlstate::FEATURE_NOT_SUPPORTED, "{err}");
+    }
+
+    #[tokio::test]
+    async fn database_defaults_to_the_user_and_parameters_pass_through() {
+        let hello = handshake_of([0, 3, 0, 0], b"user\0alice\0application_name\0psql\0\0")
+            .await
+            .expect("startup");
+        let Hello::Startup(info) = hello else {
+            panic!("a startup")
+        };
+        assert_eq!(
+            (info.user.as_str(), info.database.as_str()),
+            ("alice", "alice")
+        );
+        assert_eq!(
+            info.params,
+            [("application_name".to_owned(), "psql".to_owned())]
+        );
+        assert!(negotiation(&info).is_none());
     }
 }

@@ -53,3 +53,24 @@ impl Health {
                 .is_none_or(|s| s.available_permits() > 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_follows_start_limit_and_drain() {
+        let limit = Arc::new(Semaphore::new(1));
+        let health = Health::new(Some(limit.clone()));
+        assert!(!health.started() && !health.ready(), "not before start-up");
+        health.set_started();
+        assert!(health.started() && health.ready());
+        let permit = limit.clone().try_acquire_owned().expect("permit");
+        assert!(!health.ready(), "not at the connection limit");
+        drop(permit);
+        assert!(health.ready());
+        health.set_draining();
+        assert!(!health.ready(), "not while draining");
+        assert!(health.started(), "startup stays true");
+    }
+}
