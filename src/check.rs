@@ -8,12 +8,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use aws_config::SdkConfig;
-use aws_smithy_types::error::display::DisplayErrorContext;
 
 use crate::app::{self, Contexts};
 use crate::config::{self, Config, FileConfig};
 use crate::iam::{load_sdk_config, SystemClock, TokenCache};
 use crate::session::{login_check, TargetContext};
+use crate::setup::whoami::caller_identity;
 use crate::upstream::connect::connect;
 
 /// What to check besides the configuration.
@@ -78,24 +78,18 @@ async fn identities(config: &Config, sdk: &SdkConfig, cache: &TokenCache) -> Res
         let provider = cache
             .source(&role)
             .and_then(|s| s.provider())
-            .ok_or_else(|| Failed(format!("credentials ({label}): none found; set AWS_PROFILE, run `aws sso login`, or provide AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")))?;
-        let conf = aws_sdk_sts::config::Builder::from(sdk)
-            .credentials_provider(provider)
-            .build();
-        let who = aws_sdk_sts::Client::from_conf(conf)
-            .get_caller_identity()
-            .send()
-            .await
-            .map_err(|e| {
+            .ok_or_else(|| {
                 Failed(format!(
-                    "credentials ({label}): STS GetCallerIdentity failed: {}",
-                    DisplayErrorContext(&e)
+                    "credentials ({label}): none found; set AWS_PROFILE, run `aws sso login`, \
+                 or provide AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
                 ))
             })?;
+        let who = caller_identity(sdk, Some(provider))
+            .await
+            .map_err(|e| Failed(format!("credentials ({label}): {e}")))?;
         ok(&format!(
             "credentials ({label}): account {}, {}",
-            who.account().unwrap_or("?"),
-            who.arn().unwrap_or("?")
+            who.account, who.arn
         ));
     }
     Ok(())

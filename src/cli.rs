@@ -63,6 +63,98 @@ pub enum Command {
     Check(Box<CheckArgs>),
     /// Exit 0 once a running proxy's /startup answers 200 (start-up ordering).
     Wait(WaitArgs),
+    /// Set up (or tear down) IAM database authentication: the database user, the IAM role.
+    #[command(subcommand)]
+    Setup(SetupCommand),
+    /// Show the AWS identity (account, ARN) whose credentials the proxy would use.
+    Whoami(WhoamiArgs),
+}
+
+/// `setup` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SetupCommand {
+    /// Create the IAM database user (CREATE ROLE ... WITH LOGIN; GRANT rds_iam), or --drop it.
+    DbUser(DbUserArgs),
+    /// Create the IAM policy (rds-db:connect) and a role carrying it, or --delete them.
+    Iam(IamArgs),
+}
+
+/// `setup db-user` flags. The master password comes from PGPASSWORD or a prompt.
+#[derive(Debug, Clone, Args)]
+pub struct DbUserArgs {
+    /// Database endpoint.
+    #[arg(long)]
+    pub host: String,
+    /// Database port.
+    #[arg(long, default_value_t = 5432)]
+    pub port: u16,
+    /// Master (admin) user to connect as.
+    #[arg(long, value_name = "USER")]
+    pub master_user: String,
+    /// The IAM database user to create.
+    #[arg(long, default_value = "iam_dbuser")]
+    pub user: String,
+    /// Also GRANT CONNECT on this database (and connect to it).
+    #[arg(long)]
+    pub database: Option<String>,
+    /// CA certificates for the server certificate [default: the system trust store].
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Certificate check.
+    #[arg(long, value_enum, default_value = "verify-full")]
+    pub tls_mode: crate::config::TlsMode,
+    /// Drop the user instead (refused while it owns objects).
+    #[arg(long)]
+    pub drop: bool,
+}
+
+/// `setup iam` flags.
+#[derive(Debug, Clone, Args)]
+pub struct IamArgs {
+    /// AWS account ID of the database.
+    #[arg(long)]
+    pub account: String,
+    /// The cluster's resource ID (cluster-XXXX; `aws rds describe-db-clusters`).
+    #[arg(long)]
+    pub resource_id: String,
+    /// Database user the policy allows.
+    #[arg(long, default_value = "iam_dbuser")]
+    pub user: String,
+    /// Region of the database [default: AWS config/env region].
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Role name.
+    #[arg(long, default_value = "rdsa-iam-dbuser-role")]
+    pub role_name: String,
+    /// Policy name.
+    #[arg(long, default_value = "rdsa-iam-dbuser-policy")]
+    pub policy_name: String,
+    /// Principal ARN allowed to assume the role [default: the account root].
+    #[arg(long, value_name = "ARN")]
+    pub trust: Option<String>,
+    /// Print the policy and trust documents; call nothing.
+    #[arg(long, conflicts_with = "delete")]
+    pub print: bool,
+    /// Detach and delete the role and the policy.
+    #[arg(long)]
+    pub delete: bool,
+}
+
+/// `whoami` flags.
+#[derive(Debug, Clone, Args)]
+pub struct WhoamiArgs {
+    /// Show the identity after assuming this role.
+    #[arg(long, value_name = "ARN")]
+    pub role_arn: Option<String>,
+    /// Session name for the assumed role.
+    #[arg(long, requires = "role_arn")]
+    pub role_session_name: Option<String>,
+    /// External ID for the assumed role.
+    #[arg(long, requires = "role_arn")]
+    pub external_id: Option<String>,
+    /// Region for STS [default: AWS config/env region].
+    #[arg(long)]
+    pub region: Option<String>,
 }
 
 /// `check` flags: every `run` flag, plus the login check.

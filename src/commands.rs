@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-use crate::cli::{RunArgs, TokenArgs};
+use crate::cli::{DbUserArgs, IamArgs, RunArgs, TokenArgs, WhoamiArgs};
 use crate::config::{self, FileConfig};
 use crate::iam::{
     load_sdk_config, resolve_region, sign_token, CredentialSource, RoleSpec, TokenRequest,
@@ -57,5 +57,102 @@ pub async fn token(args: TokenArgs) -> Result<ExitCode, Box<dyn std::error::Erro
     };
     let token = sign_token(&creds, &request, now)?;
     println!("{}", token.expose());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `setup db-user`.
+pub async fn setup_db_user(args: DbUserArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let master_password = match std::env::var("PGPASSWORD") {
+        Ok(p) => p,
+        Err(_) => rpassword::prompt_password(format!("Password for {}: ", args.master_user))
+            .map_err(|e| {
+                format!("no master password: set PGPASSWORD or run in a terminal ({e})")
+            })?,
+    };
+    let spec = crate::setup::db_user::DbUserSpec {
+        host: args.host,
+        port: args.port,
+        master_user: args.master_user,
+        master_password,
+        user: args.user,
+        database: args.database,
+        ca_file: args.ca_file,
+        tls_mode: args.tls_mode,
+    };
+    let report = if args.drop {
+        crate::setup::db_user::drop(&spec).await?
+    } else {
+        crate::setup::db_user::create(&spec).await?
+    };
+    for line in report {
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `setup iam`.
+#[cfg(feature = "setup-iam")]
+pub async fn setup_iam(args: IamArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    use crate::setup::iam;
+    let sdk = load_sdk_config(args.region.as_deref()).await;
+    let region = args
+        .region
+        .clone()
+        .or_else(|| sdk.region().map(|r| r.to_string()))
+        .ok_or("no AWS region: pass --region or set AWS_REGION")?;
+    let spec = iam::IamSpec {
+        account: args.account,
+        resource_id: args.resource_id,
+        user: args.user,
+        region,
+        role_name: args.role_name,
+        policy_name: args.policy_name,
+        trust: args.trust,
+    };
+    if args.print {
+        let documents = serde_json::json!({
+            "policy_arn": spec.policy_arn(),
+            "policy_document": spec.policy_document(),
+            "role_arn": spec.role_arn(),
+            "trust_policy_document": spec.trust_document(),
+        });
+        println!("{}", serde_json::to_string_pretty(&documents)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report = if args.delete {
+        iam::delete(&sdk, &spec).await?
+    } else {
+        iam::create(&sdk, &spec).await?
+    };
+    for line in report {
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `setup iam` without the `setup-iam` feature.
+#[cfg(not(feature = "setup-iam"))]
+pub async fn setup_iam(_args: IamArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    Err("this build has no `setup iam`: rebuild with the default `setup-iam` feature".into())
+}
+
+/// `whoami`.
+pub async fn whoami(args: WhoamiArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let sdk = load_sdk_config(args.region.as_deref()).await;
+    let provider = match args.role_arn {
+        Some(arn) => {
+            let role = RoleSpec {
+                arn,
+                session_name: args.role_session_name,
+                external_id: args.external_id,
+            };
+            CredentialSource::assume_role(&sdk, &role).await.provider()
+        }
+        None => None,
+    };
+    let who = crate::setup::whoami::caller_identity(&sdk, provider).await?;
+    println!("account: {}", who.account);
+    println!("arn:     {}", who.arn);
+    println!("user id: {}", who.user_id);
     Ok(ExitCode::SUCCESS)
 }

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod relay;
 pub mod server;
 pub mod session;
+pub mod setup;
 pub mod upstream;
 pub mod wait;
 pub mod wire;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use pg_iam_proxy::cli::{Cli, Command, LogFormat};
+use pg_iam_proxy::cli::{Cli, Command, LogFormat, SetupCommand};
 use pg_iam_proxy::commands;
 
 fn init_tracing(format: LogFormat) {
@@ -48,6 +48,9 @@ fn main() -> ExitCode {
                 };
                 pg_iam_proxy::check::check(&args.run, &options).await
             }
+            Some(Command::Setup(SetupCommand::DbUser(args))) => commands::setup_db_user(args).await,
+            Some(Command::Setup(SetupCommand::Iam(args))) => commands::setup_iam(args).await,
+            Some(Command::Whoami(args)) => commands::whoami(args).await,
             Some(Command::Wait(args)) => {
                 Ok(pg_iam_proxy::wait::wait(args.http_addr, args.max).await)
             }
