@@ -205,3 +205,44 @@ async fn a_refused_cached_token_is_replaced_and_the_login_retried_once() {
     assert_eq!(reasons, ["ok", "revoked", "ok"]);
     assert_eq!(proxy.cache.stats().signings, 2);
 }
+
+/// A fake upstream that answers the SSLRequest with `answer` and then closes.
+async fn fake_upstream(answer: &'static [u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut request = [0u8; 8];
+            if s.read_exact(&mut request).await.is_ok() {
+                let _ = s.write_all(answer).await;
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest).await;
+            }
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_without_tls_or_with_injected_bytes_is_refused() {
+    let si = StandIn::shared();
+    // 'N': the server will not do TLS; the token must never be sent in clear.
+    let mut spec = ProxySpec::new(si);
+    spec.target.port = Some(fake_upstream(b"N").await);
+    let (code, msg) = refusal(spec, &si.info.iam_user, &si.info.database).await;
+    assert_eq!(code, "08006", "{msg}");
+    assert!(msg.contains("does not support TLS"), "{msg}");
+    // 'S' followed by plaintext bytes (CVE-2021-23222): they go to the TLS handshake and fail it.
+    let mut spec = ProxySpec::new(si);
+    spec.target.port = Some(fake_upstream(b"SR\x00\x00\x00\x08\x00\x00\x00\x00").await);
+    let (code, msg) = refusal(spec, &si.info.iam_user, &si.info.database).await;
+    assert_eq!(code, "08006", "{msg}");
+    assert!(msg.contains("TLS handshake"), "{msg}");
+    // Anything else is a protocol error, named.
+    let mut spec = ProxySpec::new(si);
+    spec.target.port = Some(fake_upstream(b"X").await);
+    let (code, msg) = refusal(spec, &si.info.iam_user, &si.info.database).await;
+    assert_eq!(code, "08006", "{msg}");
+    assert!(msg.contains("unexpected answer byte 0x58"), "{msg}");
+}
