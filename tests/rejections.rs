@@ -209,7 +209,9 @@ async fn a_refused_cached_token_is_replaced_and_the_login_retried_once() {
 /// A fake upstream that answers the SSLRequest with `answer` and then closes.
 async fn fake_upstream(answer: &'static [u8]) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {

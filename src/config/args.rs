@@ -1,0 +1,151 @@
+//! The settings as written: flags and environment variables (clap) and the TOML file
+//! (serde), all optional; [`super::build`] merges and validates them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How the upstream certificate is checked. There is no mode without TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Chain to the CA and host name must match (default).
+    VerifyFull,
+    /// Chain to the CA only.
+    VerifyCa,
+}
+
+impl std::fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::VerifyFull => "verify-full",
+            Self::VerifyCa => "verify-ca",
+        })
+    }
+}
+
+/// Settings of one target (a listener and the database behind it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct TargetArgs {
+    /// Name used in logs and metrics (file only; default: the upstream host).
+    #[arg(skip)]
+    pub name: Option<String>,
+    /// Local TCP address to listen on [default: 127.0.0.1:5432].
+    #[arg(long, env = "PG_IAM_PROXY_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Also listen on DIR/.s.PGSQL.<listen port>, so `psql -h DIR` works.
+    #[arg(long, env = "PG_IAM_PROXY_UNIX_SOCKET", value_name = "DIR")]
+    pub unix_socket: Option<PathBuf>,
+    /// Database endpoint host name (cluster, reader or instance endpoint).
+    #[arg(long, env = "PG_IAM_PROXY_HOST")]
+    pub host: Option<String>,
+    /// Database port [default: 5432].
+    #[arg(long, env = "PG_IAM_PROXY_PORT")]
+    pub port: Option<u16>,
+    /// AWS region of the database [default: AWS config/env region, else inferred from host].
+    #[arg(long, env = "PG_IAM_PROXY_REGION")]
+    pub region: Option<String>,
+    /// PEM file with the CA certificates that sign the server's certificate (for RDS: the
+    /// regional or global bundle) [default: the system trust store].
+    #[arg(long, env = "PG_IAM_PROXY_CA_FILE", value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Upstream certificate check [default: verify-full].
+    #[arg(long, env = "PG_IAM_PROXY_TLS_MODE", value_enum)]
+    pub tls_mode: Option<TlsMode>,
+    /// Upstream database user for every client [default: the user the client sent].
+    #[arg(long, env = "PG_IAM_PROXY_DB_USER", value_name = "USER")]
+    pub db_user: Option<String>,
+    /// IAM role to assume (STS) before signing.
+    #[arg(long, env = "PG_IAM_PROXY_ROLE_ARN", value_name = "ARN")]
+    pub role_arn: Option<String>,
+    /// Session name for the assumed role.
+    #[arg(long, env = "PG_IAM_PROXY_ROLE_SESSION_NAME", value_name = "NAME")]
+    pub role_session_name: Option<String>,
+    /// External ID required by the role's trust policy.
+    #[arg(long, env = "PG_IAM_PROXY_EXTERNAL_ID", value_name = "ID")]
+    pub external_id: Option<String>,
+}
+
+impl TargetArgs {
+    /// Field-wise: `self` where set, else `other`.
+    pub(super) fn or(&self, other: &TargetArgs) -> TargetArgs {
+        let o = other.clone();
+        let s = self.clone();
+        TargetArgs {
+            name: s.name.or(o.name),
+            listen: s.listen.or(o.listen),
+            unix_socket: s.unix_socket.or(o.unix_socket),
+            host: s.host.or(o.host),
+            port: s.port.or(o.port),
+            region: s.region.or(o.region),
+            ca_file: s.ca_file.or(o.ca_file),
+            tls_mode: s.tls_mode.or(o.tls_mode),
+            db_user: s.db_user.or(o.db_user),
+            role_arn: s.role_arn.or(o.role_arn),
+            role_session_name: s.role_session_name.or(o.role_session_name),
+            external_id: s.external_id.or(o.external_id),
+        }
+    }
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyArgs {
+    /// Time a client has to complete the startup handshake [default: 10s].
+    #[arg(long, env = "PG_IAM_PROXY_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub handshake_timeout: Option<Duration>,
+    /// Time allowed to connect and log in upstream (DNS, TCP, TLS, auth) [default: 15s].
+    #[arg(long, env = "PG_IAM_PROXY_CONNECT_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    /// On SIGTERM/SIGINT, keep accepting for this long (readiness is already 503) so load
+    /// balancers catch up [default: 0s].
+    #[arg(long, env = "PG_IAM_PROXY_MIN_SHUTDOWN_DELAY", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub min_shutdown_delay: Option<Duration>,
+    /// Then let open sessions finish for at most this long before they are cut [default: 30s].
+    #[arg(long, env = "PG_IAM_PROXY_MAX_SHUTDOWN_DELAY", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub max_shutdown_delay: Option<Duration>,
+    /// Close sessions with no traffic either way for this long [default: never].
+    #[arg(long, env = "PG_IAM_PROXY_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// TCP keepalive idle time on client and upstream sockets; 0s turns it off [default: 60s].
+    #[arg(long, env = "PG_IAM_PROXY_TCP_KEEPALIVE", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub tcp_keepalive: Option<Duration>,
+    /// Serve /startup, /liveness, /readiness and /metrics on this address [default: off].
+    #[arg(long, env = "PG_IAM_PROXY_HTTP_ADDR", value_name = "ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Enable `POST /quitquitquit` on the HTTP address to start a graceful shutdown.
+    #[arg(long, env = "PG_IAM_PROXY_QUITQUITQUIT", num_args = 0..=1, default_missing_value = "true")]
+    pub quitquitquit: Option<bool>,
+    /// Tokens are replaced this long before they expire [default: 60s].
+    #[arg(long, env = "PG_IAM_PROXY_TOKEN_REFRESH_MARGIN", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub token_refresh_margin: Option<Duration>,
+    /// Maximum concurrent client connections over all targets; 0 = unlimited [default: 0].
+    #[arg(long, env = "PG_IAM_PROXY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+}
+
+/// The TOML file's shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Process-wide settings.
+    #[serde(default)]
+    pub proxy: ProxyArgs,
+    /// Settings every target inherits.
+    #[serde(default)]
+    pub defaults: TargetArgs,
+    /// The targets; none means one target from flags and `[defaults]`.
+    #[serde(default)]
+    pub targets: Vec<TargetArgs>,
+}
