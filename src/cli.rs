@@ -143,15 +143,9 @@ pub struct IamArgs {
 /// `whoami` flags.
 #[derive(Debug, Clone, Args)]
 pub struct WhoamiArgs {
-    /// Show the identity after assuming this role.
-    #[arg(long, value_name = "ARN")]
-    pub role_arn: Option<String>,
-    /// Session name for the assumed role.
-    #[arg(long, requires = "role_arn")]
-    pub role_session_name: Option<String>,
-    /// External ID for the assumed role.
-    #[arg(long, requires = "role_arn")]
-    pub external_id: Option<String>,
+    /// Show the identity after assuming a role.
+    #[command(flatten)]
+    pub role: RoleArgs,
     /// Region for STS [default: AWS config/env region].
     #[arg(long)]
     pub region: Option<String>,
@@ -214,7 +208,15 @@ pub struct TokenArgs {
     /// Region [default: AWS config/env region, else inferred from the host].
     #[arg(long)]
     pub region: Option<String>,
-    /// IAM role to assume before signing.
+    /// The role to assume, if any.
+    #[command(flatten)]
+    pub role: RoleArgs,
+}
+
+/// Assume-role flags of `token` and `whoami`.
+#[derive(Debug, Clone, Args)]
+pub struct RoleArgs {
+    /// IAM role to assume first.
     #[arg(long, value_name = "ARN")]
     pub role_arn: Option<String>,
     /// Session name for the assumed role.
@@ -223,4 +225,15 @@ pub struct TokenArgs {
     /// External ID for the assumed role.
     #[arg(long, requires = "role_arn")]
     pub external_id: Option<String>,
+}
+
+impl RoleArgs {
+    /// The role, when `--role-arn` was given.
+    pub fn spec(&self) -> Option<crate::iam::RoleSpec> {
+        self.role_arn.as_ref().map(|arn| crate::iam::RoleSpec {
+            arn: arn.clone(),
+            session_name: self.role_session_name.clone(),
+            external_id: self.external_id.clone(),
+        })
+    }
 }

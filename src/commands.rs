@@ -6,8 +6,7 @@ use std::time::SystemTime;
 use crate::cli::{DbUserArgs, IamArgs, RunArgs, TokenArgs, WhoamiArgs};
 use crate::config::{self, FileConfig};
 use crate::iam::{
-    load_sdk_config, resolve_region, sign_token, CredentialSource, RoleSpec, TokenRequest,
-    TOKEN_LIFETIME,
+    load_sdk_config, resolve_region, sign_token, CredentialSource, TokenRequest, TOKEN_LIFETIME,
 };
 
 /// Exit code when sessions had to be cut at the end of the shutdown drain.
@@ -36,15 +35,8 @@ pub async fn token(args: TokenArgs) -> Result<ExitCode, Box<dyn std::error::Erro
         sdk.region().map(|r| r.as_ref()),
         &args.host,
     )?;
-    let source = match args.role_arn {
-        Some(arn) => {
-            let role = RoleSpec {
-                arn,
-                session_name: args.role_session_name,
-                external_id: args.external_id,
-            };
-            CredentialSource::assume_role(&sdk, &role).await
-        }
+    let source = match args.role.spec() {
+        Some(role) => CredentialSource::assume_role(&sdk, &role).await,
         None => CredentialSource::from_sdk(&sdk),
     };
     let now = SystemTime::now();
@@ -139,15 +131,8 @@ pub async fn setup_iam(_args: IamArgs) -> Result<ExitCode, Box<dyn std::error::E
 /// `whoami`.
 pub async fn whoami(args: WhoamiArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let sdk = load_sdk_config(args.region.as_deref()).await;
-    let provider = match args.role_arn {
-        Some(arn) => {
-            let role = RoleSpec {
-                arn,
-                session_name: args.role_session_name,
-                external_id: args.external_id,
-            };
-            CredentialSource::assume_role(&sdk, &role).await.provider()
-        }
+    let provider = match args.role.spec() {
+        Some(role) => CredentialSource::assume_role(&sdk, &role).await.provider(),
         None => None,
     };
     let who = crate::setup::whoami::caller_identity(&sdk, provider).await?;
