@@ -245,3 +245,29 @@ async fn idle_sessions_are_closed_after_the_idle_timeout() {
     assert!(started.elapsed() >= Duration::from_secs(1));
     assert!(client.simple_query("select 1").await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_when_the_assumed_role_credentials_expire() {
+    let si = StandIn::start(true);
+    let admin = http_addr();
+    let mut spec = ProxySpec::new(&si);
+    spec.proxy.http_addr = Some(admin);
+    spec.target.role_arn = Some("arn:aws:iam::123456789012:role/rdsa-iam-dbuser-role".into());
+    let proxy = spec.start().await;
+    http_until(admin, "/startup", 200).await;
+    let (client, _c) = pg(proxy.addr, &si.info.iam_user, &si.info.database)
+        .await
+        .expect("login with the role's token");
+    client.simple_query("select 1").await.expect("query");
+    let (_, metrics) = http(admin, "GET", "/metrics").await;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("pg_iam_proxy_credentials_expiry_seconds "))
+        .unwrap_or_else(|| panic!("no expiry gauge in\n{metrics}"));
+    let seconds: f64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("value");
+    assert!(seconds > 60.0 && seconds <= 43_200.0, "{line}");
+}
