@@ -2,8 +2,9 @@
 """pgbench select-only through pg-iam-proxy vs. directly over TLS, against the local stand-in.
 
 Same user (iam_dbuser, IAM token auth), same data, interleaved rounds; prints each round's
-TPS and the median ratio proxy/direct. Then opens N idle client connections through the proxy
-and reports the proxy's resident memory per idle connection.
+TPS and the median ratio proxy/direct, then the latency one client sees both ways. Then
+opens N idle client connections through the proxy and reports the proxy's resident memory
+per idle connection.
 
     python3 benches/pgbench_compare.py [--rounds 5] [--seconds 10] [--clients 8] [--idle 500]
 """
@@ -83,6 +84,14 @@ def run_pgbench(args, host, port, env):
     return float(re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out).group(1))
 
 
+def latency_us(host, port, env, seconds):
+    """Average latency of one client running select-only queries back to back."""
+    out = subprocess.run(
+        [pgbench_bin(), "-n", "-S", "-c", "1", "-T", str(seconds), "-h", host, "-p", str(port),
+         "-U", "iam_dbuser", "labdb"], env=env, capture_output=True, text=True, check=True).stdout
+    return float(re.search(r"latency average = ([0-9.]+) ms", out).group(1)) * 1000
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
@@ -136,6 +145,10 @@ def main():
                   f"({proxied / direct:.3f}) | proxy via Unix socket {via_unix:8.0f} tps ({via_unix / direct:.3f})")
         print(f"median ratio proxy/direct: TCP {statistics.median(ratios):.3f}, "
               f"Unix socket {statistics.median(unix_ratios):.3f}")
+        direct_us = latency_us("localhost", info["port"], direct_env, args.seconds)
+        proxy_us = latency_us("127.0.0.1", port, proxy_env, args.seconds)
+        print(f"one client (-c 1): latency direct {direct_us:.0f} us, through proxy {proxy_us:.0f} us, "
+              f"added {proxy_us - direct_us:.0f} us per query (ratio {direct_us / proxy_us:.3f})")
         before, after = idle_memory(port, proxy.pid, args.idle)
         per = (after - before) * 1024 / args.idle
         print(f"idle connections: {args.idle}; proxy RSS {before} KiB -> {after} KiB; "
