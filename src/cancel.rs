@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::BytesMut;
 use pgwire::messages::cancel::CancelRequest;
-use pgwire::messages::startup::{BackendKeyData, SecretKey};
+use pgwire::messages::startup::BackendKeyData;
 use rustls::crypto::SecureRandom;
 
 use crate::upstream::connect::{connect_addr, Endpoint};
@@ -123,9 +123,4 @@ impl CancelMap {
         let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut [0u8; 1]).await;
         tracing::debug!(addr = %target.addr, "cancel request forwarded");
     }
-}
-
-/// Our key as the client sees it.
-pub fn client_key(guard: &CancelGuard) -> BackendKeyData {
-    BackendKeyData::new(guard.key.0, SecretKey::I32(guard.key.1))
 }

@@ -58,6 +58,17 @@ fn master_sql(si: &StandIn, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// How many roles have exactly this name (quoted as a SQL literal).
+fn role_count(si: &StandIn, name: &str) -> u32 {
+    let literal = name.replace('\'', "''");
+    master_sql(
+        si,
+        &format!("select count(*) from pg_roles where rolname = '{literal}'"),
+    )
+    .parse()
+    .expect("count")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn db_user_create_rerun_login_drop() {
     let si = StandIn::start(false);
@@ -122,29 +133,16 @@ fn db_user_names_are_quoted_not_executed() {
     let hostile = "x\"; DROP ROLE labadmin; --";
     let (ok, text) = db_user(&si, hostile, &[]);
     assert!(ok, "{text}");
+    assert_eq!(role_count(&si, "labadmin"), 1);
     assert_eq!(
-        master_sql(
-            &si,
-            "select count(*) from pg_roles where rolname = 'labadmin'"
-        ),
-        "1"
-    );
-    assert_eq!(
-        master_sql(
-            &si,
-            "select count(*) from pg_roles where rolname = 'x\"; DROP ROLE labadmin; --'"
-        ),
-        "1"
+        role_count(&si, hostile),
+        1,
+        "the hostile name is one literal role"
     );
     let (ok, text) = db_user(&si, hostile, &["--drop"]);
     assert!(ok, "{text}");
-    assert_eq!(
-        master_sql(
-            &si,
-            "select count(*) from pg_roles where rolname = 'labadmin'"
-        ),
-        "1"
-    );
+    assert_eq!(role_count(&si, "labadmin"), 1);
+    assert_eq!(role_count(&si, hostile), 0, "dropped");
 }
 
 fn aws(si: &StandIn, endpoint: &str, args: &[&str]) -> (bool, String) {
