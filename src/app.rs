@@ -103,7 +103,7 @@ pub async fn contexts(
             cache: cache.clone(),
             cancels: cancels.clone(),
             settings: config.proxy.clone(),
-            metrics: metrics.clone(),
+            metrics: metrics.for_target(&target.name),
         });
         targets.push((target.clone(), ctx));
     }

@@ -71,7 +71,61 @@ impl Default for Metrics {
     }
 }
 
+/// One target's series, looked up once at start-up so the connection path does no label
+/// hashing or allocation.
+#[derive(Debug, Clone)]
+pub struct TargetMetrics {
+    /// Target name (the label).
+    pub target: String,
+    /// Open client connections.
+    pub open: Gauge,
+    /// Accepted client connections.
+    pub accepted: Counter,
+    /// Upstream connect + login time.
+    pub connect_seconds: Histogram,
+    /// Bytes client -> server.
+    pub to_server: Counter,
+    /// Bytes server -> client.
+    pub to_client: Counter,
+    /// The process-wide metrics (limit refusals, login failures by reason).
+    pub all: std::sync::Arc<Metrics>,
+}
+
+impl TargetMetrics {
+    /// Counts a login failure of this target.
+    pub fn login_failed(&self, reason: &str) {
+        self.all.login_failed(&self.target, reason);
+    }
+}
+
 impl Metrics {
+    /// The series of one target.
+    pub fn for_target(self: &std::sync::Arc<Self>, target: &str) -> TargetMetrics {
+        let label = TargetLabel {
+            target: target.to_owned(),
+        };
+        let bytes = |direction| BytesLabels {
+            target: target.to_owned(),
+            direction,
+        };
+        // One statement each: a family's read guard lives to the end of its statement, and
+        // creating a second series of the same family needs the write lock.
+        let open = self.open.get_or_create(&label).clone();
+        let accepted = self.accepted.get_or_create(&label).clone();
+        let connect_seconds = self.connect_seconds.get_or_create(&label).clone();
+        let to_server = self.bytes.get_or_create(&bytes("to_server")).clone();
+        let to_client = self.bytes.get_or_create(&bytes("to_client")).clone();
+        TargetMetrics {
+            target: target.to_owned(),
+            open,
+            accepted,
+            connect_seconds,
+            to_server,
+            to_client,
+            all: self.clone(),
+        }
+    }
+
     /// Counts a login failure.
     pub fn login_failed(&self, target: &str, reason: &str) {
         self.login_failures

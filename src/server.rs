@@ -14,7 +14,6 @@ use tracing::Instrument;
 
 use crate::client;
 use crate::error::{sqlstate, ClientError};
-use crate::metrics::TargetLabel;
 use crate::session::{self, TargetContext};
 use crate::upstream::connect::tune_socket;
 
@@ -118,7 +117,7 @@ impl Acceptor {
             Some(limit) => match limit.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
-                    self.ctx.metrics.refused_at_limit.inc();
+                    self.ctx.metrics.all.refused_at_limit.inc();
                     self.tracker.spawn(
                         async move {
                             tracing::warn!("connection limit reached; client refused");
@@ -136,16 +135,12 @@ impl Acceptor {
         };
         let ctx = self.ctx.clone();
         let cut = self.cut.clone();
-        let label = TargetLabel {
-            target: ctx.name.clone(),
-        };
-        ctx.metrics.accepted.get_or_create(&label).inc();
-        let open = ctx.metrics.open.get_or_create(&label).clone();
-        open.inc();
+        ctx.metrics.accepted.inc();
+        ctx.metrics.open.inc();
         self.tracker.spawn(
             async move {
                 session::serve(&ctx, stream, cut).await;
-                open.dec();
+                ctx.metrics.open.dec();
                 drop(permit);
             }
             .instrument(span),

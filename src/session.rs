@@ -16,7 +16,7 @@ use crate::client::{self, Hello, StartupInfo};
 use crate::config::ProxySettings;
 use crate::error::{sqlstate, ClientError};
 use crate::iam::{RoleSpec, TokenCache, TokenKey};
-use crate::metrics::{BytesLabels, Metrics, TargetLabel};
+use crate::metrics::TargetMetrics;
 use crate::relay;
 use crate::upstream::auth::{login, AuthError, Login, ServerError};
 use crate::upstream::connect::{connect, Endpoint, UpstreamStream};
@@ -41,8 +41,8 @@ pub struct TargetContext {
     pub cancels: Arc<CancelMap>,
     /// Timeouts.
     pub settings: ProxySettings,
-    /// Process metrics.
-    pub metrics: Arc<Metrics>,
+    /// This target's metrics.
+    pub metrics: TargetMetrics,
 }
 
 /// An upstream session ready for the client.
@@ -122,21 +122,17 @@ where
     let opened = match failure {
         Ok(opened) => opened,
         Err(Failure::Client(e, reason)) => {
-            ctx.metrics.login_failed(&ctx.name, reason);
+            ctx.metrics.login_failed(reason);
             tracing::warn!(error = %e, "upstream login failed");
             return client::reject(&mut client, &e).await;
         }
         Err(Failure::Server(frame, reason)) => {
-            ctx.metrics.login_failed(&ctx.name, reason);
+            ctx.metrics.login_failed(reason);
             return client::relay_error(&mut client, &frame).await;
         }
     };
-    let label = TargetLabel {
-        target: ctx.name.clone(),
-    };
     ctx.metrics
         .connect_seconds
-        .get_or_create(&label)
         .observe(started.elapsed().as_secs_f64());
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, addr = %opened.addr, "upstream session open");
     let Opened {
@@ -163,16 +159,8 @@ where
     }
     drop((info, login.server_params, login.ready, user));
     let outcome = relay::splice(&mut client, &mut stream, cut, ctx.settings.idle_timeout).await;
-    for (direction, bytes) in [
-        ("to_server", outcome.to_server),
-        ("to_client", outcome.to_client),
-    ] {
-        let labels = BytesLabels {
-            target: ctx.name.clone(),
-            direction,
-        };
-        ctx.metrics.bytes.get_or_create(&labels).inc_by(bytes);
-    }
+    ctx.metrics.to_server.inc_by(outcome.to_server);
+    ctx.metrics.to_client.inc_by(outcome.to_client);
     if outcome.ended == relay::Ended::Idle {
         tracing::info!(timeout = ?ctx.settings.idle_timeout, "idle session closed");
     }
