@@ -1,12 +1,22 @@
 #!/usr/bin/env python3
 """pgbench select-only through pg-iam-proxy vs. directly over TLS, against the local stand-in.
 
-Same user (iam_dbuser, IAM token auth), same data, interleaved rounds; prints each round's
-TPS and the median ratio proxy/direct, then the latency one client sees both ways. Then
-opens N idle client connections through the proxy and reports the proxy's resident memory
-per idle connection.
+Same user (iam_dbuser, IAM token auth), same data, interleaved rounds. Each round runs:
+  direct  pgbench -> PostgreSQL over TLS (verify-full)
+  floor   pgbench -> examples/floor_relay -> PostgreSQL, TLS end to end: a relay that does
+          nothing but copy bytes, i.e. the cost of one more socket hop and its wake-ups,
+          which any proxy pays and no proxy can go below
+  proxy   pgbench -> pg-iam-proxy (TCP, and Unix socket) -> PostgreSQL over TLS
+and prints the median ratios proxy/direct, floor/direct and proxy/floor.
+
+Two topologies:
+  shared  every process on every CPU (server, proxy and pgbench compete for the same cores)
+  split   the server pinned to the last CPU, pgbench, relay and proxy to the others: how it
+          is deployed, with the proxy beside the app and Aurora on another machine
+Then the latency one client sees, and the proxy's resident memory per idle connection.
 
     python3 benches/pgbench_compare.py [--rounds 5] [--seconds 10] [--clients 8] [--idle 500]
+                                       [--topology both|shared|split]
 """
 
 import argparse
@@ -22,6 +32,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "pg-iam-proxy")
+FLOOR = os.path.join(ROOT, "target", "release", "examples", "floor_relay")
 
 
 def free_port():
@@ -54,16 +65,28 @@ def aws_env(info):
     return env
 
 
-def start_proxy(info, port, socket_dir):
+def pinned(cpus):
+    """A preexec_fn that pins the child (and every thread it starts) to `cpus`, if given."""
+    return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+
+
+def start_proxy(info, port, socket_dir, cpus=None):
+    unix = ["--unix-socket", socket_dir] if socket_dir else []
     proc = subprocess.Popen(
-        [BIN, "run", "--listen", f"127.0.0.1:{port}", "--unix-socket", socket_dir, "--host", "localhost",
+        [BIN, "run", "--listen", f"127.0.0.1:{port}", *unix, "--host", "localhost",
          "--port", str(info["port"]), "--ca-file", info["ca_file"]],
         env=aws_env(info), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True)
+        text=True, preexec_fn=pinned(cpus))
     for line in proc.stderr:
         if "listening" in line:
             return proc
     raise SystemExit("proxy did not start")
+
+
+def start_floor(info, cpus=None):
+    proc = subprocess.Popen([FLOOR, "127.0.0.1:0", f"127.0.0.1:{info['port']}"], stdout=subprocess.PIPE,
+                            text=True, preexec_fn=pinned(cpus))
+    return proc, int(proc.stdout.readline().rsplit(":", 1)[1])
 
 
 def prepare_data(info, scale):
@@ -76,11 +99,11 @@ def prepare_data(info, scale):
                    env=env, check=True)
 
 
-def run_pgbench(args, host, port, env):
+def run_pgbench(args, host, port, env, cpus=None):
     out = subprocess.run(
         [pgbench_bin(), "-n", "-S", "-c", str(args.clients), "-j", "2", "-T", str(args.seconds),
          "-h", host, "-p", str(port), "-U", "iam_dbuser", "labdb"],
-        env=env, capture_output=True, text=True, check=True).stdout
+        env=env, capture_output=True, text=True, check=True, preexec_fn=pinned(cpus)).stdout
     return float(re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out).group(1))
 
 
@@ -110,6 +133,30 @@ def idle_memory(proxy_port, pid, count):
     return before, after
 
 
+def rounds(args, label, contenders):
+    """Interleaved rounds of `contenders` [(name, host, port, env, cpus)]; the first is the baseline."""
+    names = [c[0] for c in contenders]
+    ratios = {n: [] for n in names[1:]}
+    print(f"{label}: pgbench -S -c {args.clients} -j 2 -T {args.seconds}, {args.rounds} interleaved rounds")
+    for r in range(args.rounds):
+        tps = {name: run_pgbench(args, host, port, env, cpus) for name, host, port, env, cpus in contenders}
+        base = tps[names[0]]
+        for n in names[1:]:
+            ratios[n].append(tps[n] / base)
+        print(f"  round {r + 1}: " + " | ".join(
+            f"{n} {tps[n]:6.0f} tps" + ("" if n == names[0] else f" ({tps[n] / base:.3f})") for n in names))
+    med = {n: statistics.median(v) for n, v in ratios.items()}
+    print(f"  median ratio to {names[0]}: " + ", ".join(f"{n} {v:.3f}" for n, v in med.items()))
+    if "floor relay" in med:
+        print(f"  proxy / floor relay: {med['proxy via TCP'] / med['floor relay']:.3f}")
+    return med
+
+
+def postmaster_pid(info):
+    with open(os.path.join(info["dir"], "data", "postmaster.pid")) as f:
+        return int(f.readline())
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
@@ -117,15 +164,14 @@ def main():
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--idle", type=int, default=500, help="idle connections for the memory check")
+    ap.add_argument("--topology", choices=["both", "shared", "split"], default="both")
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--locked", "--quiet", "--bin", "pg-iam-proxy",
+                    "--example", "floor_relay"], cwd=ROOT, check=True)
     standin, info = start_standin()
-    proxy = None
+    procs = []
     try:
         prepare_data(info, args.scale)
-        port = free_port()
-        socket_dir = tempfile.mkdtemp()
-        proxy = start_proxy(info, port, socket_dir)
         token = subprocess.run([BIN, "token", "--host", "localhost", "--port", str(info["port"]),
                                 "--user", "iam_dbuser"], env=aws_env(info), capture_output=True,
                                text=True, check=True).stdout.strip()
@@ -133,30 +179,43 @@ def main():
                           PGSSLROOTCERT=info["ca_file"])
         proxy_env = dict(os.environ, PGSSLMODE="disable")
         proxy_env.pop("PGPASSWORD", None)
-        ratios, unix_ratios = [], []
-        print(f"pgbench -S -c {args.clients} -j 2 -T {args.seconds}, {args.rounds} interleaved rounds")
-        for r in range(args.rounds):
-            direct = run_pgbench(args, "localhost", info["port"], direct_env)
-            proxied = run_pgbench(args, "127.0.0.1", port, proxy_env)
-            via_unix = run_pgbench(args, socket_dir, port, proxy_env)
-            ratios.append(proxied / direct)
-            unix_ratios.append(via_unix / direct)
-            print(f"round {r + 1}: direct TLS {direct:8.0f} tps | proxy via TCP {proxied:8.0f} tps "
-                  f"({proxied / direct:.3f}) | proxy via Unix socket {via_unix:8.0f} tps ({via_unix / direct:.3f})")
-        print(f"median ratio proxy/direct: TCP {statistics.median(ratios):.3f}, "
-              f"Unix socket {statistics.median(unix_ratios):.3f}")
+        direct = ("direct TLS", "localhost", info["port"], direct_env)
+
+        port, socket_dir = free_port(), tempfile.mkdtemp()
+        proxy = start_proxy(info, port, socket_dir)
+        floor, floor_port = start_floor(info)
+        procs += [proxy, floor]
+        if args.topology in ("both", "shared"):
+            rounds(args, "shared CPUs", [
+                (*direct, None), ("floor relay", "localhost", floor_port, direct_env, None),
+                ("proxy via TCP", "127.0.0.1", port, proxy_env, None),
+                ("proxy via Unix socket", socket_dir, port, proxy_env, None)])
         direct_us = latency_us("localhost", info["port"], direct_env, args.seconds)
+        floor_us = latency_us("localhost", floor_port, direct_env, args.seconds)
         proxy_us = latency_us("127.0.0.1", port, proxy_env, args.seconds)
-        print(f"one client (-c 1): latency direct {direct_us:.0f} us, through proxy {proxy_us:.0f} us, "
-              f"added {proxy_us - direct_us:.0f} us per query (ratio {direct_us / proxy_us:.3f})")
+        print(f"one client (-c 1): latency direct {direct_us:.0f} us, through floor relay {floor_us:.0f} us "
+              f"(+{floor_us - direct_us:.0f}), through proxy {proxy_us:.0f} us (+{proxy_us - direct_us:.0f}); "
+              f"ratio proxy/direct {direct_us / proxy_us:.3f}")
         before, after = idle_memory(port, proxy.pid, args.idle)
         per = (after - before) * 1024 / args.idle
         print(f"idle connections: {args.idle}; proxy RSS {before} KiB -> {after} KiB; "
               f"{per / 1024:.1f} KiB per idle proxied connection")
+
+        cpus = sorted(os.sched_getaffinity(0))
+        if args.topology in ("both", "split") and len(cpus) >= 2:
+            server, client = {cpus[-1]}, set(cpus[:-1])
+            os.sched_setaffinity(postmaster_pid(info), server)  # new backends inherit it
+            split_port = free_port()
+            procs.append(start_proxy(info, split_port, None, client))
+            split_floor, split_floor_port = start_floor(info, client)
+            procs.append(split_floor)
+            rounds(args, f"split CPUs (server on {sorted(server)}, clients and proxy on {sorted(client)})", [
+                (*direct, client), ("floor relay", "localhost", split_floor_port, direct_env, client),
+                ("proxy via TCP", "127.0.0.1", split_port, proxy_env, client)])
     finally:
-        if proxy:
-            proxy.terminate()
-            proxy.wait()
+        for p in procs:
+            p.terminate()
+            p.wait()
         standin.stdin.close()
         standin.wait()
 
