@@ -2,7 +2,7 @@
 //! the number is the proxy's own copying cost.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pg_iam_proxy::relay::splice;
+use pg_iam_proxy::relay::{splice, Meters};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +17,7 @@ async fn one_pass() {
             &mut proxy_upstream,
             CancellationToken::new(),
             None,
+            Meters::NONE,
         )
         .await;
     });

@@ -98,6 +98,13 @@ impl TargetMetrics {
     }
 }
 
+/// A byte counter the relay counts into as it writes.
+impl crate::relay::Meter for Counter {
+    fn add(&self, bytes: u64) {
+        self.inc_by(bytes);
+    }
+}
+
 impl Metrics {
     /// The series of one target.
     pub fn for_target(self: &std::sync::Arc<Self>, target: &str) -> TargetMetrics {

@@ -4,7 +4,9 @@
 //!
 //! Unlike `tokio::io::copy_bidirectional`, a direction holds its copy buffer only while
 //! data is moving: the buffer is released whenever the reader has nothing more, so an idle
-//! session costs no buffer memory (most proxied sessions are idle most of the time).
+//! session costs no buffer memory (most proxied sessions are idle most of the time). Bytes
+//! are counted into a [`Meter`] per direction as they are written, so a long session shows
+//! its traffic while it lasts, not only when it ends.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -18,6 +20,34 @@ use tokio_util::sync::CancellationToken;
 
 /// Copy buffer size per direction while data moves.
 const BUF: usize = 16 * 1024;
+
+/// Where one direction's byte count goes as data moves (a metrics counter, in the proxy).
+pub trait Meter: Sync {
+    /// Counts `bytes` more written.
+    fn add(&self, bytes: u64);
+}
+
+/// No metering.
+impl Meter for () {
+    fn add(&self, _: u64) {}
+}
+
+/// The meters of both directions.
+#[derive(Clone, Copy)]
+pub struct Meters<'a> {
+    /// Client -> server.
+    pub to_server: &'a dyn Meter,
+    /// Server -> client.
+    pub to_client: &'a dyn Meter,
+}
+
+impl Meters<'static> {
+    /// Counting nothing beyond the [`Outcome`].
+    pub const NONE: Self = Self {
+        to_server: &(),
+        to_client: &(),
+    };
+}
 
 /// One direction of the splice.
 #[derive(Default)]
@@ -36,6 +66,7 @@ impl Pipe {
         cx: &mut Context<'_>,
         mut r: Pin<&mut R>,
         mut w: Pin<&mut W>,
+        meter: &dyn Meter,
     ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + ?Sized,
@@ -49,6 +80,7 @@ impl Pipe {
                 }
                 self.pos += n;
                 self.bytes += n as u64;
+                meter.add(n as u64);
                 self.unflushed = true;
             }
             if self.eof {
@@ -113,12 +145,13 @@ pub struct Outcome {
 }
 
 /// Relays until both directions are done, an error occurs, `cut` fires, or nothing moved
-/// for `idle` (when given).
+/// for `idle` (when given), counting bytes into `meters` as they go.
 pub async fn splice<C, U>(
     client: &mut C,
     upstream: &mut U,
     cut: CancellationToken,
     idle: Option<Duration>,
+    meters: Meters<'_>,
 ) -> Outcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -131,17 +164,23 @@ where
     let mut moved = 0u64;
     let copy = poll_fn(|cx| {
         if !up.done {
-            if let Poll::Ready(r) =
-                up.poll_copy(cx, Pin::new(&mut *client), Pin::new(&mut *upstream))
-            {
+            if let Poll::Ready(r) = up.poll_copy(
+                cx,
+                Pin::new(&mut *client),
+                Pin::new(&mut *upstream),
+                meters.to_server,
+            ) {
                 r?;
                 client_first.get_or_insert(true);
             }
         }
         if !down.done {
-            if let Poll::Ready(r) =
-                down.poll_copy(cx, Pin::new(&mut *upstream), Pin::new(&mut *client))
-            {
+            if let Poll::Ready(r) = down.poll_copy(
+                cx,
+                Pin::new(&mut *upstream),
+                Pin::new(&mut *client),
+                meters.to_client,
+            ) {
                 r?;
                 client_first.get_or_insert(false);
             }

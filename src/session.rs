@@ -158,9 +158,18 @@ where
         return;
     }
     drop((info, login.server_params, login.ready, user));
-    let outcome = relay::splice(&mut client, &mut stream, cut, ctx.settings.idle_timeout).await;
-    ctx.metrics.to_server.inc_by(outcome.to_server);
-    ctx.metrics.to_client.inc_by(outcome.to_client);
+    let meters = relay::Meters {
+        to_server: &ctx.metrics.to_server,
+        to_client: &ctx.metrics.to_client,
+    };
+    let outcome = relay::splice(
+        &mut client,
+        &mut stream,
+        cut,
+        ctx.settings.idle_timeout,
+        meters,
+    )
+    .await;
     if outcome.ended == relay::Ended::Idle {
         tracing::info!(timeout = ?ctx.settings.idle_timeout, "idle session closed");
     }

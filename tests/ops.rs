@@ -39,6 +39,29 @@ async fn health_limit_and_metrics() {
         .await
         .expect("first");
     held.simple_query("select 1").await.expect("query");
+    // Relayed bytes show while the session is still open, not only once it ends.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = http(admin, "GET", "/metrics").await.1;
+        let counted = |direction: &str| {
+            let series = format!(
+                "pg_iam_proxy_relayed_bytes_total{{target=\"localhost\",direction=\"{direction}\"}} "
+            );
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        if counted("to_server") > 0 && counted("to_client") > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no relayed bytes counted for an open session:\n{metrics}"
+        );
+        tokio::task::yield_now().await;
+    }
     assert_eq!(http(admin, "GET", "/readiness").await.0, 503);
     let err = match pg(proxy.addr, &si.info.iam_user, &si.info.database).await {
         Ok(_) => panic!("over the limit"),
