@@ -139,15 +139,17 @@ async fn bind(target: &Target) -> Result<Vec<Listener>, StartError> {
     let tcp = TcpListener::bind(target.listen)
         .await
         .map_err(|e| StartError(format!("cannot listen on {}: {e}", target.listen)))?;
-    let port = tcp
-        .local_addr()
-        .map(|a| a.port())
-        .unwrap_or(target.listen.port());
-    tracing::info!(target = %target.name, listen = %tcp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+    let local = tcp.local_addr().unwrap_or(target.listen);
+    if !local.ip().to_canonical().is_loopback() {
+        tracing::warn!(target = %target.name, listen = %local,
+            "listening beyond loopback (--allow-remote-clients): whoever reaches this address uses \
+             the database as its IAM user with no password");
+    }
+    tracing::info!(target = %target.name, listen = %local,
         upstream = %format!("{}:{}", target.host, target.port), "listening");
     let mut listeners = vec![Listener::Tcp(tcp)];
     if let Some(dir) = &target.unix_socket {
-        let path = dir.join(format!(".s.PGSQL.{port}"));
+        let path = dir.join(format!(".s.PGSQL.{}", local.port()));
         remove_stale_socket(&path)?;
         let unix = UnixListener::bind(&path)
             .map_err(|e| StartError(format!("cannot listen on {}: {e}", path.display())))?;

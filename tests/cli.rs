@@ -127,15 +127,12 @@ struct Running {
 
 impl Running {
     fn start(si: &StandIn, extra: &[&str]) -> Running {
+        Self::start_on(si, "127.0.0.1:0", extra)
+    }
+
+    fn start_on(si: &StandIn, listen: &str, extra: &[&str]) -> Running {
         let mut child = Command::new(BIN)
-            .args([
-                "run",
-                "--listen",
-                "127.0.0.1:0",
-                "--host",
-                "localhost",
-                "--port",
-            ])
+            .args(["run", "--listen", listen, "--host", "localhost", "--port"])
             .arg(si.info.port.to_string())
             .arg("--ca-file")
             .arg(&si.info.ca_file)
@@ -261,4 +258,31 @@ async fn sessions_still_open_after_the_drain_are_cut_with_exit_code_1() {
         client.simple_query("select 1").await.is_err(),
         "the session was cut"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_listener_needs_allow_remote_clients() {
+    let si = StandIn::shared();
+    let (status, lines) = Running::start_on(si, "0.0.0.0:0", &[]).rest();
+    assert_eq!(status.code(), Some(2), "a configuration error: {lines:#?}");
+    let logs = lines.join("\n");
+    assert!(
+        logs.contains("--allow-remote-clients") && !logs.contains("\"listening\""),
+        "{logs}"
+    );
+
+    let mut proxy = Running::start_on(si, "0.0.0.0:0", &["--allow-remote-clients"]);
+    proxy.wait_for("listening beyond loopback");
+    let port = proxy.addr().port();
+    let (client, _conn) = pg(
+        ([127, 0, 0, 1], port).into(),
+        &si.info.iam_user,
+        &si.info.database,
+    )
+    .await
+    .expect("connect");
+    client.simple_query("select 1").await.expect("query");
+    drop(client);
+    sigterm(&proxy.child);
+    assert_eq!(proxy.rest().0.code(), Some(0));
 }

@@ -126,6 +126,10 @@ pub struct ProxyArgs {
     /// Enable `POST /quitquitquit` on the HTTP address to start a graceful shutdown.
     #[arg(long, env = "PG_IAM_PROXY_QUITQUITQUIT", num_args = 0..=1, default_missing_value = "true")]
     pub quitquitquit: Option<bool>,
+    /// Allow listening on a non-loopback address. Whoever can reach it connects as the IAM
+    /// database user with no password [default: off: loopback and Unix sockets only].
+    #[arg(long, env = "PG_IAM_PROXY_ALLOW_REMOTE_CLIENTS", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_remote_clients: Option<bool>,
     /// Tokens are replaced this long before they expire [default: 60s].
     #[arg(long, env = "PG_IAM_PROXY_TOKEN_REFRESH_MARGIN", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]

@@ -57,6 +57,8 @@ pub struct ProxySettings {
     pub http_addr: Option<SocketAddr>,
     /// See [`ProxyArgs::quitquitquit`].
     pub quitquitquit: bool,
+    /// See [`ProxyArgs::allow_remote_clients`].
+    pub allow_remote_clients: bool,
     /// See [`ProxyArgs::token_refresh_margin`].
     pub token_refresh_margin: Duration,
     /// See [`ProxyArgs::max_connections`]; 0 = unlimited.
@@ -136,6 +138,10 @@ pub fn build(
             .filter(|d| !d.is_zero()),
         http_addr: c.http_addr.or(f.http_addr),
         quitquitquit: c.quitquitquit.or(f.quitquitquit).unwrap_or(false),
+        allow_remote_clients: c
+            .allow_remote_clients
+            .or(f.allow_remote_clients)
+            .unwrap_or(false),
         token_refresh_margin: c
             .token_refresh_margin
             .or(f.token_refresh_margin)
@@ -173,6 +179,9 @@ pub fn build(
         .map(|t| target(cli_target.or(t).or(&file.defaults)))
         .collect::<Result<Vec<_>, _>>()?;
     check_unique_listeners(&targets)?;
+    if !proxy.allow_remote_clients {
+        check_local_listeners(&targets)?;
+    }
     Ok(Config { proxy, targets })
 }
 
@@ -216,6 +225,23 @@ fn check_unique_listeners(targets: &[Target]) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// Every client of a target logs in as its IAM database user without a password, so a
+/// listener the network can reach needs the user's explicit consent.
+fn check_local_listeners(targets: &[Target]) -> Result<(), ConfigError> {
+    match targets
+        .iter()
+        .find(|t| !t.listen.ip().to_canonical().is_loopback())
+    {
+        Some(t) => Err(ConfigError::Invalid(format!(
+            "target {} listens on {}, which clients on the network can reach, and they would use \
+             the database as its IAM user with no password. Listen on 127.0.0.1 (or a Unix \
+             socket), or add --allow-remote-clients if every host that can reach it may",
+            t.name, t.listen
+        ))),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -95,3 +95,33 @@ fn duplicate_listeners_are_rejected() {
     let err = build(&ProxyArgs::default(), &TargetArgs::default(), &file).expect_err("dup");
     assert!(err.to_string().contains("both listen"), "{err}");
 }
+
+#[test]
+fn network_listeners_need_explicit_consent() {
+    let on = |listen: &str| TargetArgs {
+        host: Some("db".into()),
+        listen: Some(listen.parse().expect("addr")),
+        ..Default::default()
+    };
+    let file = FileConfig::default();
+    for local in [
+        "127.0.0.1:5432",
+        "127.0.0.2:5432",
+        "[::1]:5432",
+        "[::ffff:127.0.0.1]:5432",
+    ] {
+        build(&ProxyArgs::default(), &on(local), &file).expect(local);
+    }
+    for remote in ["0.0.0.0:5432", "10.1.2.3:5432", "[::]:5432"] {
+        let err = build(&ProxyArgs::default(), &on(remote), &file).expect_err(remote);
+        assert!(err.to_string().contains("--allow-remote-clients"), "{err}");
+    }
+    let allowed = ProxyArgs {
+        allow_remote_clients: Some(true),
+        ..Default::default()
+    };
+    let config = build(&allowed, &on("0.0.0.0:5432"), &file).expect("consented");
+    assert!(config.proxy.allow_remote_clients);
+    let in_file = parse("[proxy]\nallow_remote_clients = true\n");
+    build(&ProxyArgs::default(), &on("0.0.0.0:5432"), &in_file).expect("consented in the file");
+}
