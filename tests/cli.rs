@@ -8,30 +8,23 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use support::{pg, StandIn};
+use support::{pg, run_joined, StandIn};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pg-iam-proxy");
 
 /// psql straight to the stand-in over verify-full TLS with `password`.
 fn direct_login(si: &StandIn, user: &str, password: &str) -> (bool, String) {
-    let out = Command::new("psql")
-        .args(["-X", "-A", "-t", "-c", "select current_user"])
-        .arg(format!(
-            "host=localhost port={} user={user} dbname={} sslmode=verify-full sslrootcert={}",
-            si.info.port,
-            si.info.database,
-            si.info.ca_file.display()
-        ))
-        .env("PGPASSWORD", password)
-        .stdin(Stdio::null())
-        .output()
-        .expect("psql");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    run_joined(
+        Command::new("psql")
+            .args(["-X", "-A", "-t", "-c", "select current_user"])
+            .arg(format!(
+                "host=localhost port={} user={user} dbname={} sslmode=verify-full sslrootcert={}",
+                si.info.port,
+                si.info.database,
+                si.info.ca_file.display()
+            ))
+            .env("PGPASSWORD", password),
+    )
 }
 
 fn token_cmd(si: &StandIn) -> Command {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{code, free_port, http, http_until, message, pg, ProxySpec, StandIn};
+use support::{code, free_port, http, http_until, message, pg, run_joined, ProxySpec, StandIn};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pg-iam-proxy");
 
@@ -151,23 +151,16 @@ async fn wait_exits_0_once_started_and_1_when_nothing_starts() {
 
 fn check(si: &StandIn, extra: &[&str], sts: &str) -> (bool, String) {
     // The target comes from the environment, so that flags in `extra` override it.
-    let out = Command::new(BIN)
-        .arg("check")
-        .env("PG_IAM_PROXY_HOST", "localhost")
-        .env("PG_IAM_PROXY_PORT", si.info.port.to_string())
-        .env("PG_IAM_PROXY_CA_FILE", &si.info.ca_file)
-        .args(extra)
-        .envs(si.aws_env())
-        .env("AWS_ENDPOINT_URL_STS", sts)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run check");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    run_joined(
+        Command::new(BIN)
+            .arg("check")
+            .env("PG_IAM_PROXY_HOST", "localhost")
+            .env("PG_IAM_PROXY_PORT", si.info.port.to_string())
+            .env("PG_IAM_PROXY_CA_FILE", &si.info.ca_file)
+            .args(extra)
+            .envs(si.aws_env())
+            .env("AWS_ENDPOINT_URL_STS", sts),
+    )
 }
 
 #[test]

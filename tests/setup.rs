@@ -4,36 +4,28 @@ mod support;
 
 use std::process::{Command, Stdio};
 
-use support::{free_port, pg, ProxySpec, StandIn};
+use support::{free_port, pg, run_joined, ProxySpec, StandIn};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pg-iam-proxy");
 
-fn run(cmd: &mut Command) -> (bool, String) {
-    let out = cmd.stdin(Stdio::null()).output().expect("run");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 fn db_user(si: &StandIn, user: &str, extra: &[&str]) -> (bool, String) {
-    run(Command::new(BIN)
-        .args(["setup", "db-user", "--host", "localhost", "--port"])
-        .arg(si.info.port.to_string())
-        .args([
-            "--master-user",
-            &si.info.master_user,
-            "--user",
-            user,
-            "--database",
-            "labdb",
-            "--ca-file",
-        ])
-        .arg(&si.info.ca_file)
-        .args(extra)
-        .env("PGPASSWORD", &si.info.master_password))
+    run_joined(
+        Command::new(BIN)
+            .args(["setup", "db-user", "--host", "localhost", "--port"])
+            .arg(si.info.port.to_string())
+            .args([
+                "--master-user",
+                &si.info.master_user,
+                "--user",
+                user,
+                "--database",
+                "labdb",
+                "--ca-file",
+            ])
+            .arg(&si.info.ca_file)
+            .args(extra)
+            .env("PGPASSWORD", &si.info.master_password),
+    )
 }
 
 /// psql as the master user over verified TLS.
@@ -146,10 +138,12 @@ fn db_user_names_are_quoted_not_executed() {
 }
 
 fn aws(si: &StandIn, endpoint: &str, args: &[&str]) -> (bool, String) {
-    run(Command::new(BIN)
-        .args(args)
-        .envs(si.aws_env())
-        .env("AWS_ENDPOINT_URL", endpoint))
+    run_joined(
+        Command::new(BIN)
+            .args(args)
+            .envs(si.aws_env())
+            .env("AWS_ENDPOINT_URL", endpoint),
+    )
 }
 
 /// What moto holds, read with boto3 (independent of the proxy's code).

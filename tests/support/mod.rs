@@ -258,6 +258,18 @@ pub async fn pg(
     Ok((client, task))
 }
 
+/// Runs `cmd` with no stdin; returns (success, stdout followed by stderr).
+#[allow(dead_code)] // not every test binary runs commands
+pub fn run_joined(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.stdin(Stdio::null()).output().expect("run");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// psql through the proxy; returns (success, stdout, stderr).
 pub fn psql(host: &str, port: u16, user: &str, db: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new("psql")
