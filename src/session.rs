@@ -15,7 +15,7 @@ use crate::cancel::{CancelMap, CancelTarget};
 use crate::client::{self, Hello, StartupInfo};
 use crate::config::ProxySettings;
 use crate::error::{sqlstate, ClientError};
-use crate::iam::{RoleSpec, TokenCache, TokenKey};
+use crate::iam::{partition, RoleSpec, TokenCache, TokenKey};
 use crate::metrics::TargetMetrics;
 use crate::relay;
 use crate::upstream::auth::{login, AuthError, Login, ServerError};
@@ -103,12 +103,10 @@ where
     // Boxed: the connect/login state is freed before the long relay stage.
     let opening = Box::pin(timeout(
         ctx.settings.connect_timeout,
-        open(ctx, &user, &info),
+        open(ctx, user, &info),
     ));
-    let failure = match opening.await {
-        Ok(Ok(opened)) => Ok(opened),
-        Ok(Err(failure)) => Err(failure),
-        Err(_) => Err(Failure::Client(
+    let opened = opening.await.unwrap_or_else(|_| {
+        Err(Failure::Client(
             ClientError::new(
                 sqlstate::UNABLE_TO_CONNECT,
                 format!(
@@ -117,9 +115,9 @@ where
                 ),
             ),
             "timeout",
-        )),
-    };
-    let opened = match failure {
+        ))
+    });
+    let opened = match opened {
         Ok(opened) => opened,
         Err(Failure::Client(e, reason)) => {
             ctx.metrics.login_failed(reason);
@@ -157,7 +155,7 @@ where
         let _ = stream.shutdown().await;
         return;
     }
-    drop((info, login.server_params, login.ready, user));
+    drop((info, login.server_params, login.ready));
     let meters = relay::Meters {
         to_server: &ctx.metrics.to_server,
         to_client: &ctx.metrics.to_client,
@@ -184,7 +182,12 @@ pub async fn login_check(ctx: &TargetContext, user: &str, database: &str) -> Res
         minor_version: 0,
         protocol_options: Vec::new(),
     };
-    match timeout(ctx.settings.connect_timeout, open(ctx, user, &info)).await {
+    match timeout(
+        ctx.settings.connect_timeout,
+        open(ctx, user.to_owned(), &info),
+    )
+    .await
+    {
         Ok(Ok(mut opened)) => {
             let _ = opened.stream.shutdown().await;
             Ok(())
@@ -206,14 +209,15 @@ pub async fn login_check(ctx: &TargetContext, user: &str, database: &str) -> Res
     }
 }
 
-async fn open(ctx: &TargetContext, user: &str, info: &StartupInfo) -> Result<Opened, Failure> {
+async fn open(ctx: &TargetContext, user: String, info: &StartupInfo) -> Result<Opened, Failure> {
     let key = TokenKey {
         host: ctx.endpoint.host.clone(),
         port: ctx.endpoint.port,
-        user: user.to_owned(),
+        user,
         region: ctx.region.clone(),
         role: ctx.role.clone(),
     };
+    let user = key.user.as_str();
     for attempt in 0..2 {
         let token = ctx.cache.token(&key).await.map_err(|e| {
             let message = format!("pg-iam-proxy: no IAM auth token for {user}: {e}");
@@ -263,9 +267,11 @@ fn with_hint(ctx: &TargetContext, user: &str, e: ServerError) -> BytesMut {
             format!(
                 "pg-iam-proxy signed a fresh IAM token for user \"{user}\" in region {}. Check: \
                  the user is granted rds_iam; IAM auth is enabled on the cluster; the IAM \
-                 policy allows rds-db:connect on arn:aws:rds-db:{}:<account>:dbuser:<resource-id>/{user}; \
+                 policy allows rds-db:connect on arn:{}:rds-db:{}:<account>:dbuser:<resource-id>/{user}; \
                  the region is the database's; this machine's clock is correct.",
-                ctx.region, ctx.region
+                ctx.region,
+                partition(&ctx.region),
+                ctx.region
             ),
         ));
     }

@@ -14,7 +14,7 @@ pub mod sign;
 pub use cache::{CacheSettings, CacheStats, TokenCache, TokenKey};
 pub use clock::{Clock, SystemClock};
 pub use credentials::{load_sdk_config, CredentialSource, RoleSpec};
-pub use region::{infer_region, resolve_region, RegionError};
+pub use region::{infer_region, partition, resolve_region, RegionError};
 pub use sign::{sign_token, AuthToken, SignError, TokenRequest, TOKEN_LIFETIME};
 
 /// Why no token could be produced. The text is safe to show to a client and to log: it

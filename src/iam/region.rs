@@ -40,6 +40,17 @@ pub fn infer_region(host: &str) -> Option<&str> {
     looks_like_region(region).then_some(region)
 }
 
+/// The ARN partition of a region (`aws`, `aws-cn` or `aws-us-gov`).
+pub fn partition(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else {
+        "aws"
+    }
+}
+
 /// Resolves the region in order: explicit value, SDK region, inference from `host`.
 pub fn resolve_region(
     explicit: Option<&str>,

@@ -11,7 +11,7 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use serde_json::Value;
 
 mod spec;
-pub use spec::{partition, IamSpec};
+pub use spec::IamSpec;
 
 fn aws_error<E: std::error::Error + 'static>(what: &str, e: &E) -> String {
     format!("{what} failed: {}", DisplayErrorContext(e))

@@ -3,6 +3,8 @@
 
 use serde_json::{json, Value};
 
+use crate::iam::partition;
+
 /// What to create or delete.
 #[derive(Debug, Clone)]
 pub struct IamSpec {
@@ -20,17 +22,6 @@ pub struct IamSpec {
     pub policy_name: String,
     /// Principal ARN allowed to assume the role (default: the account root).
     pub trust: Option<String>,
-}
-
-/// The ARN partition of a region.
-pub fn partition(region: &str) -> &'static str {
-    if region.starts_with("cn-") {
-        "aws-cn"
-    } else if region.starts_with("us-gov-") {
-        "aws-us-gov"
-    } else {
-        "aws"
-    }
 }
 
 impl IamSpec {
