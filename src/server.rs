@@ -91,9 +91,9 @@ impl Acceptor {
             match accepted {
                 Ok(Accepted::Tcp(stream, peer)) => {
                     let _ = tune_socket(&stream, self.ctx.settings.tcp_keepalive);
-                    self.spawn(stream, peer.to_string());
+                    self.spawn(stream, &peer);
                 }
-                Ok(Accepted::Unix(stream)) => self.spawn(stream, "unix-socket".to_owned()),
+                Ok(Accepted::Unix(stream)) => self.spawn(stream, &"unix-socket"),
                 Err(e) => {
                     // EMFILE and friends: report and keep going; never spin hot.
                     tracing::warn!(error = %e, "accept failed");
@@ -106,7 +106,7 @@ impl Acceptor {
         }
     }
 
-    fn spawn<S>(&self, mut stream: S, peer: String)
+    fn spawn<S>(&self, mut stream: S, peer: &dyn std::fmt::Display)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
