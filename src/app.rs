@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cancel::CancelMap;
 use crate::config::{Config, ProxySettings, Target};
+use crate::gate::LoginGate;
 use crate::health::Health;
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
@@ -94,6 +95,7 @@ pub async fn contexts(
         let keepalive = config.proxy.tcp_keepalive;
         let endpoint =
             Endpoint::new(&target.host, target.port, tls, keepalive).map_err(StartError)?;
+        let target_metrics = metrics.for_target(&target.name);
         let ctx = Arc::new(TargetContext {
             name: target.name.clone(),
             endpoint: Arc::new(endpoint),
@@ -103,7 +105,13 @@ pub async fn contexts(
             cache: cache.clone(),
             cancels: cancels.clone(),
             settings: config.proxy.clone(),
-            metrics: metrics.for_target(&target.name),
+            logins: LoginGate::new(
+                config.proxy.max_concurrent_logins,
+                config.proxy.login_queue_timeout,
+                target_metrics.logins_waiting.clone(),
+                target_metrics.logins_active.clone(),
+            ),
+            metrics: target_metrics,
         });
         targets.push((target.clone(), ctx));
     }

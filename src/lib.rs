@@ -25,6 +25,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod gate;
 pub mod health;
 pub mod http;
 pub mod iam;

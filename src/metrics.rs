@@ -56,6 +56,10 @@ pub struct Metrics {
     pub login_failures: Family<FailureLabels, Counter>,
     /// Bytes relayed, counted when a session ends.
     pub bytes: Family<BytesLabels, Counter>,
+    /// Clients waiting for an upstream login slot.
+    pub logins_waiting: Family<TargetLabel, Gauge>,
+    /// Upstream connects + logins running.
+    pub logins_active: Family<TargetLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -67,6 +71,8 @@ impl Default for Metrics {
             connect_seconds: Family::new_with_constructor(connect_histogram),
             login_failures: Family::default(),
             bytes: Family::default(),
+            logins_waiting: Family::default(),
+            logins_active: Family::default(),
         }
     }
 }
@@ -87,6 +93,10 @@ pub struct TargetMetrics {
     pub to_server: Counter,
     /// Bytes server -> client.
     pub to_client: Counter,
+    /// Clients waiting for a login slot.
+    pub logins_waiting: Gauge,
+    /// Logins running.
+    pub logins_active: Gauge,
     /// The process-wide metrics (limit refusals, login failures by reason).
     pub all: std::sync::Arc<Metrics>,
 }
@@ -122,6 +132,8 @@ impl Metrics {
         let connect_seconds = self.connect_seconds.get_or_create(&label).clone();
         let to_server = self.bytes.get_or_create(&bytes("to_server")).clone();
         let to_client = self.bytes.get_or_create(&bytes("to_client")).clone();
+        let logins_waiting = self.logins_waiting.get_or_create(&label).clone();
+        let logins_active = self.logins_active.get_or_create(&label).clone();
         TargetMetrics {
             target: target.to_owned(),
             open,
@@ -129,6 +141,8 @@ impl Metrics {
             connect_seconds,
             to_server,
             to_client,
+            logins_waiting,
+            logins_active,
             all: self.clone(),
         }
     }
@@ -175,6 +189,16 @@ impl Metrics {
             "relayed_bytes",
             "Bytes relayed, by direction",
             self.bytes.clone(),
+        );
+        r.register(
+            "upstream_logins_waiting",
+            "Clients waiting for an upstream login slot (--max-concurrent-logins)",
+            self.logins_waiting.clone(),
+        );
+        r.register(
+            "upstream_logins_active",
+            "Upstream connects and logins in progress",
+            self.logins_active.clone(),
         );
         r.register_collector(Box::new(CacheCollector(cache)));
         r

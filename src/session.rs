@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use pgwire::messages::response::ErrorResponse;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +15,7 @@ use crate::cancel::{CancelMap, CancelTarget};
 use crate::client::{self, Hello, StartupInfo};
 use crate::config::ProxySettings;
 use crate::error::{sqlstate, ClientError};
+use crate::gate::LoginGate;
 use crate::iam::{partition, RoleSpec, TokenCache, TokenKey};
 use crate::metrics::TargetMetrics;
 use crate::relay;
@@ -41,6 +42,8 @@ pub struct TargetContext {
     pub cancels: Arc<CancelMap>,
     /// Timeouts.
     pub settings: ProxySettings,
+    /// Bounds concurrent upstream logins; the other clients wait in order.
+    pub logins: LoginGate,
     /// This target's metrics.
     pub metrics: TargetMetrics,
 }
@@ -99,25 +102,18 @@ where
     let span = tracing::Span::current();
     span.record("user", user.as_str());
     span.record("database", info.database.as_str());
-    let started = Instant::now();
+    let mut early = BytesMut::new();
     // Boxed: the connect/login state is freed before the long relay stage.
-    let opening = Box::pin(timeout(
-        ctx.settings.connect_timeout,
-        open(ctx, user, &info),
-    ));
-    let opened = opening.await.unwrap_or_else(|_| {
-        Err(Failure::Client(
-            ClientError::new(
-                sqlstate::UNABLE_TO_CONNECT,
-                format!(
-                    "pg-iam-proxy: timeout connecting to {}:{} after {:?}",
-                    ctx.endpoint.host, ctx.endpoint.port, ctx.settings.connect_timeout
-                ),
-            ),
-            "timeout",
-        ))
-    });
-    let opened = match opened {
+    let opening = Box::pin(gated_open(ctx, user, &info));
+    let opened = tokio::select! {
+        opened = opening => opened,
+        () = watch_client(&mut client, &mut early) => {
+            ctx.metrics.login_failed("client_left");
+            tracing::debug!("client left before the upstream login completed; login abandoned");
+            return;
+        }
+    };
+    let (opened, started) = match opened {
         Ok(opened) => opened,
         Err(Failure::Client(e, reason)) => {
             ctx.metrics.login_failed(reason);
@@ -156,6 +152,14 @@ where
         return;
     }
     drop((info, login.server_params, login.ready));
+    if !early.is_empty() {
+        // What the client sent while its login ran (nothing, for every driver we know).
+        if let Err(e) = wire::send(&mut stream, &early).await {
+            tracing::debug!(error = %e, "upstream closed before the client's first message");
+            return;
+        }
+        drop(early);
+    }
     let meters = relay::Meters {
         to_server: &ctx.metrics.to_server,
         to_client: &ctx.metrics.to_client,
@@ -171,6 +175,50 @@ where
     if outcome.ended == relay::Ended::Idle {
         tracing::info!(timeout = ?ctx.settings.idle_timeout, "idle session closed");
     }
+}
+
+/// Waits for a login slot (in arrival order, bounded), then connects and logs in within the
+/// connect timeout. Returns the session and when its connect started.
+async fn gated_open(
+    ctx: &TargetContext,
+    user: String,
+    info: &StartupInfo,
+) -> Result<(Opened, Instant), Failure> {
+    let _slot = ctx
+        .logins
+        .enter()
+        .await
+        .map_err(|e| Failure::Client(e.to_client(), "queue_timeout"))?;
+    let started = Instant::now();
+    match timeout(ctx.settings.connect_timeout, open(ctx, user, info)).await {
+        Ok(opened) => opened.map(|o| (o, started)),
+        Err(_) => Err(Failure::Client(
+            ClientError::new(
+                sqlstate::UNABLE_TO_CONNECT,
+                format!(
+                    "pg-iam-proxy: timeout connecting to {}:{} after {:?}",
+                    ctx.endpoint.host, ctx.endpoint.port, ctx.settings.connect_timeout
+                ),
+            ),
+            "timeout",
+        )),
+    }
+}
+
+/// Client input kept while its login runs is capped at this; beyond it the client is no
+/// longer watched (it cannot be reading our answer yet, so it is not waiting for one).
+const EARLY_INPUT_LIMIT: usize = 64 * 1024;
+
+/// Completes when the client closes its connection (or it fails) before its login is done;
+/// anything it sends meanwhile is kept in `early` to be passed on after the greeting.
+async fn watch_client<S: AsyncRead + Unpin>(client: &mut S, early: &mut BytesMut) {
+    while early.len() < EARLY_INPUT_LIMIT {
+        match client.read_buf(early).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    std::future::pending().await
 }
 
 /// Logs in upstream as `user` to `database` and closes again: the `check` command's login.

@@ -211,3 +211,130 @@ async fn a_burst_of_garbage_connections_leaves_the_proxy_serving() {
         .expect("connect");
     client.simple_query("select 1").await.expect("query");
 }
+
+/// A server that accepts connections and never answers: every login to it hangs in the TLS
+/// handshake. Yields the accepted sockets so a test can see when the proxy gives one up.
+async fn silent_server() -> (u16, tokio::sync::mpsc::UnboundedReceiver<TcpStream>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            if tx.send(s).is_err() {
+                return;
+            }
+        }
+    });
+    (port, rx)
+}
+
+/// Reads what the proxy sends on an upstream socket until it closes it (bounded).
+async fn closed_by_proxy(s: &mut TcpStream) -> bool {
+    let mut sink = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink))
+        .await
+        .is_ok()
+}
+
+/// Polls a metric (by its exact series text) until it has `want`, bounded.
+async fn metric_becomes(admin: SocketAddr, series: &str, want: &str) {
+    let line = format!("{series} {want}");
+    for _ in 0..200 {
+        let (_, body) = support::http(admin, "GET", "/metrics").await;
+        if body.lines().any(|l| l == line) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (_, body) = support::http(admin, "GET", "/metrics").await;
+    panic!("{line} never showed up:\n{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_are_bounded_queued_in_order_and_abandoned_with_their_client() {
+    let si = StandIn::shared();
+    let (port, mut accepted) = silent_server().await;
+    let admin = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let mut spec = ProxySpec::new(si);
+    spec.target.host = Some("127.0.0.1".into());
+    spec.target.port = Some(port);
+    spec.proxy.http_addr = Some(admin);
+    spec.proxy.connect_timeout = Some(Duration::from_secs(60));
+    spec.proxy.max_concurrent_logins = Some(1);
+    spec.proxy.login_queue_timeout = Some(Duration::from_secs(2));
+    let proxy = spec.start().await;
+    let target = "{target=\"127.0.0.1\"}";
+    let hello = startup(3, 0, &[("user", &si.info.iam_user), ("database", "labdb")]);
+
+    // A's login takes the only slot and hangs upstream.
+    let mut a = TcpStream::connect(proxy.addr).await.expect("connect a");
+    a.write_all(&hello).await.expect("a");
+    let mut upstream_a = accepted.recv().await.expect("A's upstream connection");
+    metric_becomes(
+        admin,
+        &format!("pg_iam_proxy_upstream_logins_active{target}"),
+        "1",
+    )
+    .await;
+
+    // B waits for it, and is told why at the end of its wait, without the server being tried.
+    let mut b = TcpStream::connect(proxy.addr).await.expect("connect b");
+    b.write_all(&hello).await.expect("b");
+    metric_becomes(
+        admin,
+        &format!("pg_iam_proxy_upstream_logins_waiting{target}"),
+        "1",
+    )
+    .await;
+    assert_error(
+        &read_frames(&mut b).await,
+        "53300",
+        "--max-concurrent-logins",
+    );
+    metric_becomes(
+        admin,
+        &format!("pg_iam_proxy_upstream_logins_waiting{target}"),
+        "0",
+    )
+    .await;
+    assert!(accepted.try_recv().is_err(), "B never reached the server");
+
+    // C waits too, then leaves: it gives its place up.
+    let mut c = TcpStream::connect(proxy.addr).await.expect("connect c");
+    c.write_all(&hello).await.expect("c");
+    metric_becomes(
+        admin,
+        &format!("pg_iam_proxy_upstream_logins_waiting{target}"),
+        "1",
+    )
+    .await;
+    drop(c);
+    metric_becomes(
+        admin,
+        &format!("pg_iam_proxy_upstream_logins_waiting{target}"),
+        "0",
+    )
+    .await;
+
+    // A leaves: its login is abandoned (the upstream socket is closed), which frees the slot.
+    drop(a);
+    assert!(
+        closed_by_proxy(&mut upstream_a).await,
+        "the login of a client that left is given up"
+    );
+    metric_becomes(
+        admin,
+        &format!("pg_iam_proxy_upstream_logins_active{target}"),
+        "0",
+    )
+    .await;
+    let mut d = TcpStream::connect(proxy.addr).await.expect("connect d");
+    d.write_all(&hello).await.expect("d");
+    let _upstream_d = accepted.recv().await.expect("D gets the free slot");
+    assert!(
+        accepted.try_recv().is_err(),
+        "C, who left, never reached the server"
+    );
+}

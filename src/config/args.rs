@@ -137,6 +137,15 @@ pub struct ProxyArgs {
     /// Maximum concurrent client connections over all targets; 0 = unlimited [default: 0].
     #[arg(long, env = "PG_IAM_PROXY_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Upstream connects + logins of one target running at once; more clients wait in
+    /// arrival order [default: 16].
+    #[arg(long, env = "PG_IAM_PROXY_MAX_CONCURRENT_LOGINS", value_name = "N")]
+    pub max_concurrent_logins: Option<usize>,
+    /// How long a client waits for a login slot before it is told the server is busy
+    /// (SQLSTATE 53300) [default: 60s].
+    #[arg(long, env = "PG_IAM_PROXY_LOGIN_QUEUE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub login_queue_timeout: Option<Duration>,
 }
 
 /// The TOML file's shape.

@@ -63,6 +63,10 @@ pub struct ProxySettings {
     pub token_refresh_margin: Duration,
     /// See [`ProxyArgs::max_connections`]; 0 = unlimited.
     pub max_connections: usize,
+    /// See [`ProxyArgs::max_concurrent_logins`]; at least 1.
+    pub max_concurrent_logins: usize,
+    /// See [`ProxyArgs::login_queue_timeout`].
+    pub login_queue_timeout: Duration,
 }
 
 /// One validated target.
@@ -147,10 +151,23 @@ pub fn build(
             .or(f.token_refresh_margin)
             .unwrap_or(secs(60)),
         max_connections: c.max_connections.or(f.max_connections).unwrap_or(0),
+        max_concurrent_logins: c
+            .max_concurrent_logins
+            .or(f.max_concurrent_logins)
+            .unwrap_or(16),
+        login_queue_timeout: c
+            .login_queue_timeout
+            .or(f.login_queue_timeout)
+            .unwrap_or(secs(60)),
     };
     if proxy.quitquitquit && proxy.http_addr.is_none() {
         return Err(ConfigError::Invalid(
             "--quitquitquit needs --http-addr".into(),
+        ));
+    }
+    if proxy.max_concurrent_logins == 0 {
+        return Err(ConfigError::Invalid(
+            "max_concurrent_logins must be at least 1".into(),
         ));
     }
     if proxy.token_refresh_margin >= Duration::from_secs(400) {

@@ -424,14 +424,14 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
-def postgresql_conf(directory: Path, port: int, certs: dict) -> str:
+def postgresql_conf(directory: Path, port: int, certs: dict, max_connections: int = 2200) -> str:
     """Settings appended to postgresql.conf (later lines win)."""
     return f"""
 # --- pg-iam-standin ---
 listen_addresses = '{",".join(LISTEN_ADDRESSES)}'
 port = {port}
 unix_socket_directories = '{directory}'
-max_connections = 2200
+max_connections = {max_connections}
 shared_buffers = 32MB
 fsync = off
 synchronous_commit = off
@@ -529,10 +529,11 @@ def remove_everything(directory: Path, pam_file: Path, bindir: Optional[Path]) -
 class Standin:
     """Owns every resource of one stand-in; ``cleanup`` releases them all."""
 
-    def __init__(self, port: Optional[int], region: str, sts: bool):
+    def __init__(self, port: Optional[int], region: str, sts: bool, max_connections: int = 2200):
         self.requested_port = port
         self.region = region
         self.sts = sts
+        self.max_connections = max_connections
         self.server_user = ServerUser()
         self.bindir = pg_bindir()
         self.dir: Optional[Path] = None
@@ -622,7 +623,7 @@ class Standin:
             "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions",
         ]), cwd=self.dir)
         with open(data / "postgresql.conf", "a") as conf:
-            conf.write(postgresql_conf(self.dir, port, certs))
+            conf.write(postgresql_conf(self.dir, port, certs, self.max_connections))
         (data / "pg_hba.conf").write_text(pg_hba_conf(self.pam_file.name))
         run(self.server_user.argv([
             str(self.bindir / "pg_ctl"), "start", "-D", str(data), "-w", "-t", "60",
@@ -744,6 +745,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
     parser.add_argument("--sts", action="store_true", help="also run moto's STS in-process")
+    parser.add_argument("--max-connections", type=int, default=2200,
+                        help="the server's max_connections (default 2200)")
     parser.add_argument("--region", default="us-east-1", help="region tokens must be signed for")
     parser.add_argument("--ignore-stdin", action="store_true", help="run until SIGTERM/SIGINT only")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -770,7 +773,7 @@ def main(argv=None) -> int:
         if not ready:
             raise Interrupted(signal.Signals(signum).name)
 
-    standin = Standin(args.port, args.region, args.sts)
+    standin = Standin(args.port, args.region, args.sts, args.max_connections)
     atexit.register(standin.cleanup)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
