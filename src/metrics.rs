@@ -1,5 +1,5 @@
 //! Prometheus metrics (prometheus-client): connections, upstream connect latency, login
-//! failures by reason, bytes each way, and, read at scrape time, the token cache's counters and
+//! failures by reason, bytes each way, cancel requests by outcome, and, read at scrape time, the token cache's counters and
 //! the seconds until the credentials in use expire.
 
 use prometheus_client::collector::Collector;
@@ -37,6 +37,15 @@ pub struct BytesLabels {
     pub direction: &'static str,
 }
 
+/// Labels: target and what became of a cancel request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CancelLabels {
+    /// Target name.
+    pub target: String,
+    /// `forwarded`, `coalesced`, `dropped`, `unknown_key` or `failed`.
+    pub outcome: &'static str,
+}
+
 fn connect_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
@@ -56,6 +65,8 @@ pub struct Metrics {
     pub login_failures: Family<FailureLabels, Counter>,
     /// Bytes relayed, counted when a session ends.
     pub bytes: Family<BytesLabels, Counter>,
+    /// Cancel requests by outcome.
+    pub cancels: Family<CancelLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -67,6 +78,7 @@ impl Default for Metrics {
             connect_seconds: Family::new_with_constructor(connect_histogram),
             login_failures: Family::default(),
             bytes: Family::default(),
+            cancels: Family::default(),
         }
     }
 }
@@ -95,6 +107,15 @@ impl TargetMetrics {
     /// Counts a login failure of this target.
     pub fn login_failed(&self, reason: &str) {
         self.all.login_failed(&self.target, reason);
+    }
+
+    /// Counts a cancel request's outcome for this target.
+    pub fn cancel(&self, outcome: crate::cancel::CancelOutcome) {
+        let labels = CancelLabels {
+            target: self.target.clone(),
+            outcome: outcome.as_str(),
+        };
+        self.all.cancels.get_or_create(&labels).inc();
     }
 }
 
@@ -175,6 +196,11 @@ impl Metrics {
             "relayed_bytes",
             "Bytes relayed, by direction",
             self.bytes.clone(),
+        );
+        r.register(
+            "cancel_requests",
+            "Cancel requests by outcome (forwarded counts upstream forwards)",
+            self.cancels.clone(),
         );
         r.register_collector(Box::new(CacheCollector(cache)));
         r
