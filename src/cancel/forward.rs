@@ -182,11 +182,14 @@ impl CancelMap {
             );
             return record(CancelOutcome::Dropped);
         };
-        loop {
+        for first in std::iter::once(true).chain(std::iter::repeat(false)) {
             if let Some(at) = entry.earliest_start(self.limits.spacing) {
                 tokio::time::sleep_until(at).await;
             }
             if !entry.start() {
+                if first {
+                    record(CancelOutcome::UnknownKey); // the session ended meanwhile
+                }
                 return;
             }
             match send(&entry.target, self.limits.timeout).await {
