@@ -165,3 +165,93 @@ async fn a_thousand_cancels_with_a_valid_key_open_few_upstream_connections() {
         "every upstream connection counted"
     );
 }
+
+/// Stops a process (SIGSTOP) until dropped (SIGCONT): a frozen server, for real.
+struct Frozen(i32);
+
+impl Frozen {
+    fn postmaster(si: &StandIn) -> Self {
+        let pidfile = si.info.dir.join("data/postmaster.pid");
+        let text = std::fs::read_to_string(pidfile).expect("postmaster.pid");
+        let pid: i32 = text
+            .lines()
+            .next()
+            .and_then(|l| l.parse().ok())
+            .expect("pid");
+        signal(pid, "-STOP");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+fn signal(pid: i32, which: &str) {
+    let status = std::process::Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {which} {pid}");
+}
+
+/// Sends a cancel and returns how long the proxy took to close the connection.
+async fn cancel_took(addr: SocketAddr, key: [u8; 8], bound: Duration) -> Duration {
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(&cancel_packet(key)).await.expect("write");
+    let mut rest = Vec::new();
+    tokio::time::timeout(bound, s.read_to_end(&mut rest))
+        .await
+        .expect("the proxy ends the cancel within the bound")
+        .expect("read");
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_to_a_frozen_server_ends_in_bounded_time_and_never_holds_shutdown() {
+    let si = StandIn::start(false);
+    let mut quick = ProxySpec::new(&si);
+    quick.proxy.connect_timeout = Some(Duration::from_secs(2));
+    let quick = quick.start().await;
+    let mut slow = ProxySpec::new(&si);
+    slow.proxy.connect_timeout = Some(Duration::from_secs(120));
+    slow.proxy.max_shutdown_delay = Some(Duration::from_secs(1));
+    let http_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    slow.proxy.http_addr = Some(http_addr);
+    let slow = slow.start().await;
+    let (_a, quick_key) = session(quick.addr, &si).await;
+    let (_b, slow_key) = session(slow.addr, &si).await;
+
+    let frozen = Frozen::postmaster(&si);
+    // The forward's deadline is the connect timeout (connect + TLS + send + close).
+    let took = cancel_took(quick.addr, quick_key, Duration::from_secs(20)).await;
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    // A forward still waiting when shutdown begins is cut with the sessions.
+    let pending = tokio::spawn(cancel_took(slow.addr, slow_key, Duration::from_secs(20)));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let open = "pg_iam_proxy_client_connections_open{";
+    while metric(http_addr, open, "").await < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the cancel never reached the proxy"
+        );
+        tokio::task::yield_now().await;
+    }
+    let started = Instant::now();
+    slow.shutdown.cancel();
+    let report = tokio::time::timeout(Duration::from_secs(20), slow.task)
+        .await
+        .expect("the proxy stops within max_shutdown_delay")
+        .expect("join");
+    pending.await.expect("the cancel connection was closed");
+    drop(frozen);
+    assert!(report.cut_sessions >= 1, "the frozen forward was cut");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
