@@ -24,7 +24,8 @@ pub struct TargetLabel {
 pub struct FailureLabels {
     /// Target name.
     pub target: String,
-    /// Short reason (`dns`, `connect`, `tls`, `token`, `refused`, `not_iam`, `server`, ...).
+    /// Short reason (`dns`, `connect`, `tls`, `token`, `refused`, `not_iam`, `server`,
+    /// `startup_too_long`, ...).
     pub reason: String,
 }
 
