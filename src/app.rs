@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::cancel::CancelMap;
+use crate::cancel::{CancelLimits, CancelMap};
 use crate::config::{Config, ProxySettings, Target};
 use crate::gate::LoginGate;
 use crate::health::Health;
@@ -80,7 +80,10 @@ pub async fn contexts(
         ..CacheSettings::default()
     };
     let cache = TokenCache::new(sources, settings, clock);
-    let cancels = Arc::new(CancelMap::default());
+    let cancels = Arc::new(CancelMap::new(CancelLimits {
+        timeout: config.proxy.connect_timeout,
+        ..CancelLimits::default()
+    }));
     let metrics = Arc::new(Metrics::default());
     let mut targets = Vec::new();
     for target in &config.targets {

@@ -1,17 +1,19 @@
 //! The client side before the relay: answer SSLRequest/GSSENCRequest with 'N', read the
-//! StartupMessage or CancelRequest (length-capped; the caller applies the timeout), and
-//! later greet the client with AuthenticationOk, the server's parameters, our own
-//! BackendKeyData and ReadyForQuery. Local clients are trusted: no password is requested.
+//! StartupMessage or CancelRequest (length-capped; the caller applies the timeout), send
+//! NegotiateProtocolVersion where PostgreSQL would, and later greet the client with
+//! AuthenticationOk, the server's parameters, BackendKeyData (the server's pid, our secret)
+//! and ReadyForQuery. Local clients are trusted: no password is requested.
 
 use bytes::{Buf, BytesMut};
 use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::startup::{
-    Authentication, BackendKeyData, NegotiateProtocolVersion, SecretKey, Startup,
+    Authentication, BackendKeyData, NegotiateProtocolVersion, SecretKey,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{sqlstate, ClientError};
-use crate::wire::{self, FrameError, MAX_STARTUP_PACKET};
+use crate::startup::{self, Parsed, PROTOCOL_3_0};
+use crate::wire::{self, EncodeError, FrameError, MAX_STARTUP_PACKET};
 
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
@@ -24,12 +26,9 @@ pub struct StartupInfo {
     pub user: String,
     /// The database (defaults to the user, as in PostgreSQL).
     pub database: String,
-    /// Other parameters to pass upstream (application_name, options, client_encoding, ...).
+    /// Other parameters to pass upstream (application_name, options, client_encoding, ...),
+    /// in the client's order.
     pub params: Vec<(String, String)>,
-    /// The minor protocol version the client asked for.
-    pub minor_version: u16,
-    /// `_pq_.` protocol options the client asked for; none are supported.
-    pub protocol_options: Vec<String>,
 }
 
 /// What the client wants.
@@ -79,7 +78,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                     .map(Hello::Cancel)
                     .map_err(malformed)
             }
-            _ if code >> 16 == 3 => return startup(packet).map(Hello::Startup),
+            _ if code >> 16 == 3 => return startup(stream, &packet).await.map(Hello::Startup),
             _ => {
                 return Err(ClientError::new(
                     sqlstate::FEATURE_NOT_SUPPORTED,
@@ -94,17 +93,30 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-fn startup(packet: BytesMut) -> Result<StartupInfo, ClientError> {
-    let msg: Startup = wire::decode(packet, "StartupMessage").map_err(malformed)?;
-    let mut user = None;
-    let mut database = None;
-    let mut params = Vec::new();
-    let mut protocol_options = Vec::new();
-    for (k, v) in msg.parameters {
+fn encode_failed(e: EncodeError) -> ClientError {
+    ClientError::new(sqlstate::PROTOCOL_VIOLATION, format!("pg-iam-proxy: {e}"))
+}
+
+/// Parses the StartupMessage and, exactly where PostgreSQL does (after the layout check,
+/// before the user check), tells a client that asked for more than 3.0 what it gets.
+async fn startup<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    packet: &[u8],
+) -> Result<StartupInfo, ClientError> {
+    let parsed =
+        startup::parse(packet).map_err(|m| ClientError::new(sqlstate::PROTOCOL_VIOLATION, m))?;
+    if let Some(n) = negotiation(&parsed) {
+        let mut buf = BytesMut::new();
+        wire::encode(&n, "NegotiateProtocolVersion", &mut buf).map_err(encode_failed)?;
+        wire::send(stream, &buf)
+            .await
+            .map_err(|e| malformed(e.into()))?;
+    }
+    let (mut user, mut database, mut params) = (None, None, Vec::new());
+    for (k, v) in parsed.params {
         match k.as_str() {
             "user" => user = Some(v),
             "database" => database = Some(v),
-            _ if k.starts_with("_pq_.") => protocol_options.push(k),
             _ => params.push((k, v)),
         }
     }
@@ -120,44 +132,56 @@ fn startup(packet: BytesMut) -> Result<StartupInfo, ClientError> {
             .unwrap_or_else(|| user.clone()),
         user,
         params,
-        minor_version: msg.protocol_number_minor,
-        protocol_options,
     })
 }
 
-/// The protocol negotiation message owed to a client that asked for more than 3.0.
-pub fn negotiation(info: &StartupInfo) -> Option<NegotiateProtocolVersion> {
-    (info.minor_version > 0 || !info.protocol_options.is_empty())
-        .then(|| NegotiateProtocolVersion::new(0, info.protocol_options.clone()))
+/// The NegotiateProtocolVersion PostgreSQL sends a client that asked for a newer minor
+/// version or for `_pq_.` options: the full version number it speaks (196608 for 3.0) and
+/// the options it did not recognise (all of them), in the client's order.
+pub fn negotiation(parsed: &Parsed) -> Option<NegotiateProtocolVersion> {
+    (parsed.minor > 0 || !parsed.protocol_options.is_empty())
+        .then(|| NegotiateProtocolVersion::new(PROTOCOL_3_0, parsed.protocol_options.clone()))
+}
+
+/// The greeting could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum GreetError {
+    /// A message did not encode.
+    #[error("{0}")]
+    Encode(#[from] EncodeError),
+    /// The client is gone.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Sends the whole greeting in one write: AuthenticationOk, `server_params` (raw
-/// ParameterStatus/NoticeResponse frames from the server), our key and ReadyForQuery.
+/// ParameterStatus/NoticeResponse frames from the server), the key (the server's real pid
+/// and our own secret) and ReadyForQuery.
 pub async fn greet<S: AsyncWrite + Unpin>(
     stream: &mut S,
-    info: &StartupInfo,
     server_params: &[u8],
-    our_key: (i32, i32),
+    key: (i32, i32),
     ready: &[u8],
-) -> std::io::Result<()> {
+) -> Result<(), GreetError> {
     let mut buf = BytesMut::with_capacity(64 + server_params.len());
-    if let Some(n) = negotiation(info) {
-        wire::encode(&n, &mut buf);
-    }
-    wire::encode(&Authentication::Ok, &mut buf);
+    wire::encode(&Authentication::Ok, "AuthenticationOk", &mut buf)?;
     buf.extend_from_slice(server_params);
-    wire::encode(
-        &BackendKeyData::new(our_key.0, SecretKey::I32(our_key.1)),
-        &mut buf,
-    );
+    let key = BackendKeyData::new(key.0, SecretKey::I32(key.1));
+    wire::encode(&key, "BackendKeyData", &mut buf)?;
     buf.extend_from_slice(ready);
-    wire::send(stream, &buf).await
+    Ok(wire::send(stream, &buf).await?)
 }
 
 /// Sends a FATAL error (best effort: the client may already be gone) and closes.
 pub async fn reject<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, error: &ClientError) {
     let mut buf = BytesMut::new();
-    wire::encode(&error.to_response(), &mut buf);
+    if let Err(e) = wire::encode(&error.to_response(), "ErrorResponse", &mut buf) {
+        tracing::warn!(error = %e, "error message too long for the client; sending a short one");
+        let short = ClientError::new(error.code, "pg-iam-proxy: error message too long to send");
+        if wire::encode(&short.to_response(), "ErrorResponse", &mut buf).is_err() {
+            return;
+        }
+    }
     relay_error(stream, &buf).await;
 }
 
@@ -235,6 +259,5 @@ mod tests {
             info.params,
             [("application_name".to_owned(), "psql".to_owned())]
         );
-        assert!(negotiation(&info).is_none());
     }
 }

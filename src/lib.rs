@@ -8,14 +8,15 @@
 //!   -> handshake (client)  SSLRequest/GSSENCRequest answered 'N'; StartupMessage or CancelRequest
 //!   -> connect (upstream)  resolve, TCP, SSLRequest -> exactly 'S' -> rustls verify-full
 //!   -> login (upstream)    StartupMessage as the IAM db user; password = token from the cache
-//!   -> greet (client)      AuthenticationOk, ParameterStatus, our BackendKeyData, ReadyForQuery
+//!   -> greet (client)      AuthenticationOk, ParameterStatus, BackendKeyData (server pid, our
+//!                          secret), ReadyForQuery
 //!   -> relay               splice both directions until either side closes
 //! ```
 //!
 //! The token side ([`iam`]) knows nothing about sockets: credentials -> signer -> cache.
 //!
 //! Modules: [`cli`], [`commands`] and [`app`] (start-up), [`config`], [`server`],
-//! [`session`], [`client`], [`upstream`], [`relay`], [`cancel`], [`wire`], [`error`], [`iam`].
+//! [`session`], [`client`], [`upstream`], [`relay`], [`cancel`], [`startup`], [`wire`], [`error`], [`iam`].
 
 pub mod app;
 pub mod cancel;
@@ -34,6 +35,7 @@ pub mod relay;
 pub mod server;
 pub mod session;
 pub mod setup;
+pub mod startup;
 pub mod upstream;
 pub mod wait;
 pub mod wire;

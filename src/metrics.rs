@@ -1,5 +1,5 @@
 //! Prometheus metrics (prometheus-client): connections, upstream connect latency, login
-//! failures by reason, bytes each way, and, read at scrape time, the token cache's counters and
+//! failures by reason, bytes each way, cancel requests by outcome, and, read at scrape time, the token cache's counters and
 //! the seconds until the credentials in use expire.
 
 use prometheus_client::collector::Collector;
@@ -24,7 +24,8 @@ pub struct TargetLabel {
 pub struct FailureLabels {
     /// Target name.
     pub target: String,
-    /// Short reason (`dns`, `connect`, `tls`, `token`, `refused`, `not_iam`, `server`, ...).
+    /// Short reason (`dns`, `connect`, `tls`, `token`, `refused`, `not_iam`, `server`,
+    /// `startup_too_long`, ...).
     pub reason: String,
 }
 
@@ -35,6 +36,15 @@ pub struct BytesLabels {
     pub target: String,
     /// `to_server` or `to_client`.
     pub direction: &'static str,
+}
+
+/// Labels: target and what became of a cancel request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CancelLabels {
+    /// Target name.
+    pub target: String,
+    /// `forwarded`, `coalesced`, `dropped`, `unknown_key` or `failed`.
+    pub outcome: &'static str,
 }
 
 fn connect_histogram() -> Histogram {
@@ -60,6 +70,8 @@ pub struct Metrics {
     pub logins_waiting: Family<TargetLabel, Gauge>,
     /// Upstream connects + logins running.
     pub logins_active: Family<TargetLabel, Gauge>,
+    /// Cancel requests by outcome.
+    pub cancels: Family<CancelLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -73,6 +85,7 @@ impl Default for Metrics {
             bytes: Family::default(),
             logins_waiting: Family::default(),
             logins_active: Family::default(),
+            cancels: Family::default(),
         }
     }
 }
@@ -105,6 +118,15 @@ impl TargetMetrics {
     /// Counts a login failure of this target.
     pub fn login_failed(&self, reason: &str) {
         self.all.login_failed(&self.target, reason);
+    }
+
+    /// Counts a cancel request's outcome for this target.
+    pub fn cancel(&self, outcome: crate::cancel::CancelOutcome) {
+        let labels = CancelLabels {
+            target: self.target.clone(),
+            outcome: outcome.as_str(),
+        };
+        self.all.cancels.get_or_create(&labels).inc();
     }
 }
 
@@ -199,6 +221,11 @@ impl Metrics {
             "upstream_logins_active",
             "Upstream connects and logins in progress",
             self.logins_active.clone(),
+        );
+        r.register(
+            "cancel_requests",
+            "Cancel requests by outcome (forwarded counts upstream forwards)",
+            self.cancels.clone(),
         );
         r.register_collector(Box::new(CacheCollector(cache)));
         r

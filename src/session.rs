@@ -19,7 +19,7 @@ use crate::gate::LoginGate;
 use crate::iam::{partition, RoleSpec, TokenCache, TokenKey};
 use crate::metrics::TargetMetrics;
 use crate::relay;
-use crate::upstream::auth::{login, AuthError, Login, ServerError};
+use crate::upstream::auth::{login, startup_packet, AuthError, Login, ServerError};
 use crate::upstream::connect::{connect, Endpoint, UpstreamStream};
 use crate::wire;
 
@@ -89,7 +89,13 @@ where
         }
     };
     match hello {
-        Hello::Cancel(request) => ctx.cancels.forward(&request).await,
+        Hello::Cancel(request) => {
+            let forward = ctx.cancels.forward(&request, |o| ctx.metrics.cancel(o));
+            tokio::select! {
+                () = forward => {}
+                () = cut.cancelled() => {}
+            }
+        }
         Hello::Startup(info) => session(ctx, client, info, cut).await,
     }
 }
@@ -139,15 +145,13 @@ where
         addr,
         key: Arc::new(login.key),
     });
-    let greeting = client::greet(
-        &mut client,
-        &info,
-        &login.server_params,
-        guard.key,
-        &login.ready,
-    );
+    let greeting = client::greet(&mut client, &login.server_params, guard.key, &login.ready);
     if let Err(e) = Box::pin(greeting).await {
-        tracing::debug!(error = %e, "client left before the greeting");
+        tracing::debug!(error = %e, "greeting failed");
+        if let client::GreetError::Encode(e) = e {
+            let e = ClientError::new(sqlstate::PROTOCOL_VIOLATION, format!("pg-iam-proxy: {e}"));
+            client::reject(&mut client, &e).await;
+        }
         let _ = stream.shutdown().await;
         return;
     }
@@ -227,8 +231,6 @@ pub async fn login_check(ctx: &TargetContext, user: &str, database: &str) -> Res
         user: user.to_owned(),
         database: database.to_owned(),
         params: vec![("application_name".into(), "pg-iam-proxy check".into())],
-        minor_version: 0,
-        protocol_options: Vec::new(),
     };
     match timeout(
         ctx.settings.connect_timeout,
@@ -266,6 +268,10 @@ async fn open(ctx: &TargetContext, user: String, info: &StartupInfo) -> Result<O
         role: ctx.role.clone(),
     };
     let user = key.user.as_str();
+    let startup = startup_packet(user, info).map_err(|e| {
+        let e = ClientError::new(sqlstate::PROTOCOL_VIOLATION, format!("pg-iam-proxy: {e}"));
+        Failure::Client(e, "startup_too_long")
+    })?;
     for attempt in 0..2 {
         let token = ctx.cache.token(&key).await.map_err(|e| {
             let message = format!("pg-iam-proxy: no IAM auth token for {user}: {e}");
@@ -277,7 +283,7 @@ async fn open(ctx: &TargetContext, user: String, info: &StartupInfo) -> Result<O
         let (mut stream, addr) = connect(&ctx.endpoint)
             .await
             .map_err(|e| Failure::Client(e.to_client(), e.reason()))?;
-        match login(&mut stream, user, info, token.expose()).await {
+        match login(&mut stream, user, &startup, token.expose()).await {
             Ok(login) => {
                 return Ok(Opened {
                     stream,
@@ -324,6 +330,8 @@ fn with_hint(ctx: &TargetContext, user: &str, e: ServerError) -> BytesMut {
         ));
     }
     let mut buf = BytesMut::new();
-    wire::encode(&parsed, &mut buf);
-    buf
+    match wire::encode(&parsed, "ErrorResponse", &mut buf) {
+        Ok(()) => buf,
+        Err(_) => e.frame, // the hint made it too long: the server's error as it was
+    }
 }

@@ -5,8 +5,9 @@ use bytes::{BufMut, BytesMut};
 use pgwire::messages::{DecodeContext, Message, ProtocolVersion};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Largest startup-phase packet accepted from a client (as PostgreSQL: 10,000 bytes).
-pub const MAX_STARTUP_PACKET: usize = 10_000;
+/// Largest startup-phase packet accepted from a client, length word included: PostgreSQL's
+/// MAX_STARTUP_PACKET_LENGTH (10,000) bounds the packet after its 4-byte length word.
+pub const MAX_STARTUP_PACKET: usize = 10_000 + 4;
 
 /// Largest message accepted from the server before login completes.
 pub const MAX_LOGIN_MESSAGE: usize = 64 * 1024;
@@ -86,13 +87,27 @@ pub fn decode<M: Message>(mut frame: BytesMut, what: &'static str) -> Result<M, 
     }
 }
 
-/// Appends the encoding of `m` to `buf`.
-pub fn encode<M: Message>(m: &M, buf: &mut BytesMut) {
-    // Encoding into a growable buffer fails only for values pgwire deems invalid (e.g. an
-    // over-long secret key); none of ours are.
-    if let Err(e) = m.encode(buf) {
-        tracing::error!(error = %e, "cannot encode a protocol message");
-    }
+/// A message could not be encoded (pgwire refuses values over its per-message limits).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode {what}: {source}")]
+pub struct EncodeError {
+    /// The message type.
+    pub what: &'static str,
+    /// pgwire's reason.
+    pub source: pgwire::error::PgWireError,
+}
+
+/// Appends the encoding of `m` (a `what`) to `buf`; on failure `buf` is left as it was.
+pub fn encode<M: Message>(
+    m: &M,
+    what: &'static str,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let start = buf.len();
+    m.encode(buf).map_err(|source| {
+        buf.truncate(start);
+        EncodeError { what, source }
+    })
 }
 
 /// Writes `buf` and flushes.

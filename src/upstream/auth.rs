@@ -5,12 +5,13 @@
 
 use bytes::BytesMut;
 use pgwire::messages::response::ErrorResponse;
-use pgwire::messages::startup::{Authentication, BackendKeyData, Password, Startup};
+use pgwire::messages::startup::{Authentication, BackendKeyData, Password};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::client::StartupInfo;
 use crate::error::{sqlstate, ClientError};
-use crate::wire::{self, FrameError, MAX_LOGIN_MESSAGE};
+use crate::startup::{self, TooLong};
+use crate::wire::{self, EncodeError, FrameError, MAX_LOGIN_MESSAGE};
 
 /// A completed login.
 #[derive(Debug)]
@@ -54,6 +55,9 @@ pub enum AuthError {
     /// The exchange broke.
     #[error("login exchange failed: {0}")]
     Protocol(#[from] FrameError),
+    /// Our password message did not encode.
+    #[error("{0}")]
+    Encode(#[from] EncodeError),
 }
 
 impl AuthError {
@@ -64,6 +68,7 @@ impl AuthError {
             Self::Server(_) => "server",
             Self::NotIam { .. } => "not_iam",
             Self::Protocol(_) => "protocol",
+            Self::Encode(_) => "encode",
         }
     }
 
@@ -81,6 +86,10 @@ impl AuthError {
             Self::Protocol(_) => ClientError::new(
                 sqlstate::CONNECTION_FAILURE,
                 format!("pg-iam-proxy: upstream {self}"),
+            ),
+            Self::Encode(_) => ClientError::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("pg-iam-proxy: {self}"),
             ),
             Self::Refused(e) | Self::Server(e) => ClientError::new(
                 sqlstate::INVALID_AUTHORIZATION,
@@ -106,25 +115,30 @@ fn server_error(frame: BytesMut) -> Result<ServerError, FrameError> {
     })
 }
 
-/// Logs in as `user` for the client described by `info`, with `password` (the token).
+/// The startup packet for logging in as `user` for the client described by `info`: the
+/// client's parameters in its order, `database` only where the server's default (the user
+/// name) would differ, so the packet grows no more than it must.
+pub fn startup_packet(user: &str, info: &StartupInfo) -> Result<BytesMut, TooLong> {
+    let database = (info.database != user).then_some(("database", info.database.as_str()));
+    let params = info.params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    startup::build(
+        std::iter::once(("user", user))
+            .chain(database)
+            .chain(params),
+    )
+}
+
+/// Logs in as `user` with `startup` (from [`startup_packet`]) and `password` (the token).
 pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     user: &str,
-    info: &StartupInfo,
+    startup: &[u8],
     password: &str,
 ) -> Result<Login, AuthError> {
-    let mut startup = Startup::new();
-    startup.parameters.insert("user".into(), user.into());
-    startup
-        .parameters
-        .insert("database".into(), info.database.clone());
-    for (k, v) in &info.params {
-        startup.parameters.insert(k.clone(), v.clone());
-    }
+    wire::send(stream, startup)
+        .await
+        .map_err(FrameError::from)?;
     let mut out = BytesMut::new();
-    wire::encode(&startup, &mut out);
-    wire::send(stream, &out).await.map_err(FrameError::from)?;
-
     let mut server_params = BytesMut::new();
     let mut key = None;
     loop {
@@ -133,7 +147,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             b'R' => match wire::decode::<Authentication>(frame, "Authentication")? {
                 Authentication::CleartextPassword => {
                     out.clear();
-                    wire::encode(&Password::new(password.to_owned()), &mut out);
+                    wire::encode(&Password::new(password.to_owned()), "password", &mut out)?;
                     wire::send(stream, &out).await.map_err(FrameError::from)?;
                 }
                 Authentication::Ok => {}

@@ -1,0 +1,125 @@
+//! Query cancellation. A session's BackendKeyData is the server's real pid (drivers compare
+//! it with NOTIFY senders and pass it to `pg_terminate_backend`) with a random secret of
+//! ours, so a client cannot cancel other sessions by guessing. The map takes
+//! (real pid, our secret) to the upstream address the session actually used (Aurora
+//! endpoints move) and the server's real key; sessions on different servers with the same
+//! pid differ in the secret. Forwarding is bounded ([`forward`]). A CancelRequest with an
+//! unknown key is dropped silently, as PostgreSQL does.
+
+mod forward;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::startup::BackendKeyData;
+use rustls::crypto::SecureRandom;
+use tokio::sync::Semaphore;
+
+use crate::upstream::connect::Endpoint;
+use forward::Entry;
+pub use forward::{CancelLimits, CancelOutcome};
+
+/// Where a session's cancel goes.
+#[derive(Debug, Clone)]
+pub struct CancelTarget {
+    /// The endpoint (TLS settings, server name).
+    pub endpoint: Arc<Endpoint>,
+    /// The address the session connected to.
+    pub addr: SocketAddr,
+    /// The server's key for the session.
+    pub key: Arc<BackendKeyData>,
+}
+
+/// Our keys to the sessions' real ones, and the bounds on forwarding.
+pub struct CancelMap {
+    sessions: Mutex<HashMap<(i32, i32), Arc<Entry>>>,
+    random: &'static dyn SecureRandom,
+    limits: CancelLimits,
+    in_flight: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for CancelMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelMap")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for CancelMap {
+    fn default() -> Self {
+        Self::new(CancelLimits::default())
+    }
+}
+
+/// Unregisters a session's key when the session ends; a forward still running for it stops
+/// before its next attempt.
+#[derive(Debug)]
+pub struct CancelGuard {
+    map: Arc<CancelMap>,
+    /// The key given to the client: the server's pid and our secret.
+    pub key: (i32, i32),
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if let Some(entry) = self.map.lock().remove(&self.key) {
+            entry.close();
+        }
+    }
+}
+
+impl CancelMap {
+    /// A map forwarding within `limits`.
+    pub fn new(limits: CancelLimits) -> Self {
+        Self {
+            sessions: Mutex::default(),
+            random: rustls::crypto::aws_lc_rs::default_provider().secure_random,
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            limits,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, i32), Arc<Entry>>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn random_secret(&self) -> i32 {
+        let mut b = [0u8; 4];
+        if self.random.fill(&mut b).is_err() {
+            // The system RNG failing is not recoverable in any useful way; fall back to a
+            // per-process random hasher so sessions still get distinct secrets.
+            use std::hash::{BuildHasher, RandomState};
+            let h = RandomState::new().hash_one(std::time::SystemTime::now());
+            b.copy_from_slice(&h.to_le_bytes()[..4]);
+        }
+        i32::from_le_bytes(b)
+    }
+
+    /// Registers a session under the server's pid and a fresh secret of ours.
+    pub fn register(self: &Arc<Self>, target: CancelTarget) -> CancelGuard {
+        let pid = target.key.pid;
+        let mut sessions = self.lock();
+        let key = loop {
+            let key = (pid, self.random_secret());
+            if !sessions.contains_key(&key) {
+                break key;
+            }
+        };
+        sessions.insert(key, Arc::new(Entry::new(target)));
+        CancelGuard {
+            map: self.clone(),
+            key,
+        }
+    }
+
+    fn lookup(&self, request: &CancelRequest) -> Option<Arc<Entry>> {
+        let secret = request.secret_key.as_i32()?;
+        self.lock().get(&(request.pid, secret)).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests;
