@@ -15,7 +15,7 @@
 //! The token side ([`iam`]) knows nothing about sockets: credentials -> signer -> cache.
 //!
 //! Modules: [`cli`], [`commands`] and [`app`] (start-up), [`config`], [`server`],
-//! [`session`], [`client`], [`upstream`], [`relay`], [`cancel`], [`wire`], [`error`], [`iam`].
+//! [`session`], [`client`], [`upstream`], [`relay`], [`cancel`], [`wire`], [`error`], [`fds`], [`iam`].
 
 pub mod app;
 pub mod cancel;
@@ -25,6 +25,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod fds;
 pub mod health;
 pub mod http;
 pub mod iam;

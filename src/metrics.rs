@@ -1,5 +1,5 @@
 //! Prometheus metrics (prometheus-client): connections, upstream connect latency, login
-//! failures by reason, bytes each way, and, read at scrape time, the token cache's counters and
+//! failures by reason, bytes each way, file descriptor exhaustion, and, read at scrape time, the token cache's counters and
 //! the seconds until the credentials in use expire.
 
 use prometheus_client::collector::Collector;
@@ -37,6 +37,35 @@ pub struct BytesLabels {
     pub direction: &'static str,
 }
 
+/// What needed a file descriptor when there was none.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum FdUse {
+    /// Accepting a client connection.
+    Accept,
+    /// Resolving or connecting to the database.
+    Upstream,
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for FdUse {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> std::fmt::Result {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Self::Accept => "accept",
+            Self::Upstream => "upstream",
+        })
+    }
+}
+
+/// Label: where descriptors ran out.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FdLabels {
+    /// `accept` or `upstream`.
+    pub r#where: FdUse,
+}
+
 fn connect_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
@@ -56,6 +85,8 @@ pub struct Metrics {
     pub login_failures: Family<FailureLabels, Counter>,
     /// Bytes relayed, counted when a session ends.
     pub bytes: Family<BytesLabels, Counter>,
+    /// Times a descriptor was needed and the process had none.
+    pub fd_exhausted: Family<FdLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -67,6 +98,7 @@ impl Default for Metrics {
             connect_seconds: Family::new_with_constructor(connect_histogram),
             login_failures: Family::default(),
             bytes: Family::default(),
+            fd_exhausted: Family::default(),
         }
     }
 }
@@ -143,6 +175,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a descriptor needed for `what` when there was none.
+    pub fn fd_exhausted(&self, what: FdUse) {
+        self.fd_exhausted
+            .get_or_create(&FdLabels { r#where: what })
+            .inc();
+    }
+
     /// A registry exposing these metrics and the cache's.
     pub fn registry(self: &std::sync::Arc<Self>, cache: TokenCache) -> Registry {
         let mut r = Registry::with_prefix("pg_iam_proxy");
@@ -175,6 +214,11 @@ impl Metrics {
             "relayed_bytes",
             "Bytes relayed, by direction",
             self.bytes.clone(),
+        );
+        r.register(
+            "fd_exhausted",
+            "Times the process was out of file descriptors, by what needed one",
+            self.fd_exhausted.clone(),
         );
         r.register_collector(Box::new(CacheCollector(cache)));
         r

@@ -16,7 +16,7 @@ use crate::client::{self, Hello, StartupInfo};
 use crate::config::ProxySettings;
 use crate::error::{sqlstate, ClientError};
 use crate::iam::{partition, RoleSpec, TokenCache, TokenKey};
-use crate::metrics::TargetMetrics;
+use crate::metrics::{FdUse, TargetMetrics};
 use crate::relay;
 use crate::upstream::auth::{login, AuthError, Login, ServerError};
 use crate::upstream::connect::{connect, Endpoint, UpstreamStream};
@@ -60,23 +60,24 @@ enum Failure {
     Server(BytesMut, &'static str),
 }
 
-/// Serves one accepted client connection to the end.
+/// Serves one accepted client connection to the end. A cut before the relay (the client
+/// still in its handshake or login) ends the connection with 57P01 too.
 pub async fn serve<S>(ctx: &TargetContext, mut client: S, cut: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let hello = match timeout(
+    let handshake = timeout(
         ctx.settings.handshake_timeout,
         client::handshake(&mut client),
-    )
-    .await
-    {
-        Ok(Ok(hello)) => hello,
-        Ok(Err(e)) => {
+    );
+    let hello = match or_cut(&cut, handshake).await {
+        None => return client::reject(&mut client, &ClientError::admin_shutdown()).await,
+        Some(Ok(Ok(hello))) => hello,
+        Some(Ok(Err(e))) => {
             tracing::debug!(error = %e, "handshake failed");
             return client::reject(&mut client, &e).await;
         }
-        Err(_) => {
+        Some(Err(_)) => {
             let e = ClientError::new(
                 sqlstate::PROTOCOL_VIOLATION,
                 "timeout waiting for the startup packet",
@@ -86,8 +87,21 @@ where
         }
     };
     match hello {
-        Hello::Cancel(request) => ctx.cancels.forward(&request).await,
+        Hello::Cancel(request) => {
+            let _ = or_cut(&cut, ctx.cancels.forward(&request)).await;
+        }
         Hello::Startup(info) => session(ctx, client, info, cut).await,
+    }
+}
+
+/// Runs a stage before the relay unless the shutdown drain ends first (`None`).
+async fn or_cut<T>(
+    cut: &CancellationToken,
+    stage: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        out = stage => Some(out),
+        () = cut.cancelled() => None,
     }
 }
 
@@ -105,7 +119,10 @@ where
         ctx.settings.connect_timeout,
         open(ctx, user, &info),
     ));
-    let opened = opening.await.unwrap_or_else(|_| {
+    let Some(opened) = or_cut(&cut, opening).await else {
+        return client::reject(&mut client, &ClientError::admin_shutdown()).await;
+    };
+    let opened = opened.unwrap_or_else(|_| {
         Err(Failure::Client(
             ClientError::new(
                 sqlstate::UNABLE_TO_CONNECT,
@@ -226,9 +243,12 @@ async fn open(ctx: &TargetContext, user: String, info: &StartupInfo) -> Result<O
                 "token",
             )
         })?;
-        let (mut stream, addr) = connect(&ctx.endpoint)
-            .await
-            .map_err(|e| Failure::Client(e.to_client(), e.reason()))?;
+        let (mut stream, addr) = connect(&ctx.endpoint).await.map_err(|e| {
+            if e.is_out_of_fds() {
+                ctx.metrics.all.fd_exhausted(FdUse::Upstream);
+            }
+            Failure::Client(e.to_client(), e.reason())
+        })?;
         match login(&mut stream, user, info, token.expose()).await {
             Ok(login) => {
                 return Ok(Opened {

@@ -98,6 +98,8 @@ where
         Poll::Pending
     });
     tokio::select! {
+        biased; // once cut, relay no more
+        () = cut.cancelled() => Ended::Cut,
         result = copy => match result {
             Ok(()) => Ended::Closed { client_first: client_first.unwrap_or(true) },
             Err(e) if e.kind() == io::ErrorKind::TimedOut => Ended::Idle,
@@ -106,6 +108,5 @@ where
                 Ended::Failed
             }
         },
-        () = cut.cancelled() => Ended::Cut,
     }
 }

@@ -71,6 +71,7 @@ async fn rest(s: &mut DuplexStream) -> Vec<u8> {
 
 /// The (code, message) of an ErrorResponse frame, with its severities checked.
 fn fatal(frame: BytesMut) -> (String, String) {
+    assert_eq!(frame[0], b'E', "an ErrorResponse, not {frame:?}");
     let e: ErrorResponse = wire::decode(frame, "ErrorResponse").expect("an ErrorResponse");
     let field = |k| {
         e.fields
