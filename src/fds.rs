@@ -88,6 +88,19 @@ pub fn caused_exhaustion(e: &io::Error) -> bool {
         || std::os::unix::net::UnixDatagram::unbound().is_err_and(|p| is_exhaustion(&p))
 }
 
+/// A client is waiting on listening socket `fd` (it polls readable), found without
+/// taking a descriptor.
+pub fn readable(fd: std::os::fd::RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one valid pollfd, no waiting.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & libc::POLLIN != 0
+}
+
 /// What a client is told when the proxy is out of descriptors (SQLSTATE 53000).
 pub fn exhausted_error() -> ClientError {
     let limit = limits().map_or_else(|_| "unknown".to_owned(), |l| l.soft.to_string());

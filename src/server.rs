@@ -163,9 +163,14 @@ impl Acceptor {
         }
     }
 
-    /// Accept failed for want of a descriptor: count it, warn once per episode, and use the
-    /// spare descriptor to accept the waiting client and tell it (SQLSTATE 53000).
+    /// Accept failed for want of a descriptor. Linux says so even with no client waiting
+    /// (the descriptor is allocated first): then the last accept simply took the last one.
+    /// With a client waiting: count it, warn once per episode, and use the spare descriptor
+    /// to accept the client and tell it (SQLSTATE 53000).
     async fn out_of_fds(&mut self, listener: &Listener, e: &std::io::Error) {
+        if !fds::readable(listener.fd()) {
+            return tokio::time::sleep(ACCEPT_BACKOFF).await;
+        }
         self.ctx.metrics.all.fd_exhausted(FdUse::Accept);
         self.exhausted.warn(e);
         if !self.spare.release() {
@@ -253,6 +258,16 @@ fn conn_span(ctx: &TargetContext, peer: &dyn std::fmt::Display) -> tracing::Span
 enum Accepted {
     Tcp(tokio::net::TcpStream, std::net::SocketAddr),
     Unix(tokio::net::UnixStream),
+}
+
+impl Listener {
+    fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Self::Tcp(l) => l.as_raw_fd(),
+            Self::Unix(l, _) => l.as_raw_fd(),
+        }
+    }
 }
 
 async fn accept(listener: &Listener) -> std::io::Result<Accepted> {

@@ -16,9 +16,7 @@ type Ended = JoinHandle<Result<(), tokio_postgres::Error>>;
 
 /// A client whose connection task tells how the connection ended.
 async fn connect(conn: &str) -> (Client, Ended) {
-    let (client, connection) = tokio_postgres::connect(conn, NoTls)
-        .await
-        .expect("connect");
+    let (client, connection) = tokio_postgres::connect(conn, NoTls).await.expect("connect");
     (client, tokio::spawn(connection))
 }
 
@@ -133,7 +131,8 @@ async fn nothing_outlives_the_drain_with_a_frozen_server() {
     let busy = tokio::spawn(async move { client.simple_query("select 1").await.map(|_| ()) });
     let cancelling = tokio::spawn(async move { cancel.cancel_query(NoTls).await });
     let conn = via(addr, &si);
-    let login = tokio::spawn(async move { tokio_postgres::connect(&conn, NoTls).await.map(|_| ()) });
+    let login =
+        tokio::spawn(async move { tokio_postgres::connect(&conn, NoTls).await.map(|_| ()) });
     // The session, the cancel and the login each hold a connection to the frozen server.
     until_connections_to(si.info.port, 3).await;
 
@@ -148,7 +147,10 @@ async fn nothing_outlives_the_drain_with_a_frozen_server() {
 
     let busy = busy.await.expect("join").expect_err("cut");
     assert_eq!(code(&busy), "57P01", "the busy session is told why");
-    let login = login.await.expect("join").expect_err("no login to a frozen server");
+    let login = login
+        .await
+        .expect("join")
+        .expect_err("no login to a frozen server");
     assert_eq!(code(&login), "57P01", "the login is told why");
     let _ = cancelling.await.expect("join"); // ended with the process, whatever it says
     drop(frozen);
@@ -171,7 +173,10 @@ async fn until_connections_to(port: u16, n: usize) {
         if established >= n {
             return;
         }
-        assert!(Instant::now() < deadline, "{established} of {n} connections to {port}");
+        assert!(
+            Instant::now() < deadline,
+            "{established} of {n} connections to {port}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await; // polling the kernel, bounded
     }
 }
@@ -193,8 +198,15 @@ async fn a_second_sigterm_cuts_at_once() {
     proxy.signal(libc::SIGTERM);
     let status = tokio::task::block_in_place(|| proxy.exit_within(Duration::from_secs(30)));
     eprintln!("exit {:?} after the second SIGTERM", second.elapsed());
-    assert_eq!(status.code(), Some(1), "sessions were cut: {}", proxy.logs());
-    assert!(proxy.logs().contains("SIGTERM again: cutting open sessions now"));
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "sessions were cut: {}",
+        proxy.logs()
+    );
+    assert!(proxy
+        .logs()
+        .contains("SIGTERM again: cutting open sessions now"));
     let e = busy.await.expect("join").expect_err("cut");
     assert_eq!(code(&e), "57P01", "{e}");
 }
