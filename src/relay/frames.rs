@@ -43,21 +43,39 @@ impl Frames {
                 let skip = rest.len().min(self.body_left as usize);
                 self.body_left -= skip as u32;
                 rest = &rest[skip..];
-                continue;
-            }
-            if self.header > 0 {
-                self.length = self.length << 8 | u32::from(rest[0]);
-            }
-            self.header += 1;
-            rest = &rest[1..];
-            if self.header == HEADER {
-                // The length counts itself; a bogus length below 4 ends the message here.
-                self.body_left = self.length.saturating_sub(4);
-                self.header = 0;
-                self.length = 0;
+            } else if self.header == 0 && rest.len() >= usize::from(HEADER) {
+                // A whole header at hand (the common case): jump over the whole message.
+                let length = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
+                let end = usize::from(HEADER).saturating_add(body(length) as usize);
+                match rest.get(end..) {
+                    Some(after) => rest = after,
+                    None => {
+                        // end - len <= body(length), so it fits.
+                        self.body_left = (end - rest.len()) as u32;
+                        rest = &[];
+                    }
+                }
+            } else {
+                // A header split across chunks: byte by byte.
+                if self.header > 0 {
+                    self.length = self.length << 8 | u32::from(rest[0]);
+                }
+                self.header += 1;
+                rest = &rest[1..];
+                if self.header == HEADER {
+                    self.body_left = body(self.length);
+                    self.header = 0;
+                    self.length = 0;
+                }
             }
         }
     }
+}
+
+/// The body size for a length field (which counts itself); a bogus length below 4 ends the
+/// message at its header.
+fn body(length: u32) -> u32 {
+    length.saturating_sub(4)
 }
 
 #[cfg(test)]
