@@ -84,11 +84,8 @@ pub enum ConnectError {
         detail: String,
     },
     /// The process is out of file descriptors (resolving or connecting needs one).
-    #[error("out of file descriptors (limit {limit}); raise LimitNOFILE / ulimit -n")]
-    OutOfFds {
-        /// The soft limit in force.
-        limit: String,
-    },
+    #[error("out of file descriptors")]
+    OutOfFds,
     /// The TLS handshake or certificate check failed.
     #[error("TLS handshake with {endpoint} failed: {source}")]
     Tls {
@@ -106,7 +103,31 @@ impl ConnectError {
             Self::Resolve { .. } => "dns",
             Self::Tcp { .. } => "connect",
             Self::NoTls { .. } | Self::Tls { .. } => "tls",
-            Self::OutOfFds { .. } => "fds",
+            Self::OutOfFds => "fds",
+        }
+    }
+
+    /// The process ran out of file descriptors.
+    pub fn is_out_of_fds(&self) -> bool {
+        matches!(self, Self::OutOfFds)
+    }
+
+    /// `source` made `or_else`, unless it came from running out of descriptors: by its
+    /// errno, or (`probe`, for getaddrinfo, whose errors hide it) by trying for one now.
+    fn unless_out_of_fds(
+        source: std::io::Error,
+        probe: bool,
+        or_else: impl FnOnce(std::io::Error) -> Self,
+    ) -> Self {
+        let out = if probe {
+            fds::caused_exhaustion(&source)
+        } else {
+            fds::is_exhaustion(&source)
+        };
+        if out {
+            Self::OutOfFds
+        } else {
+            or_else(source)
         }
     }
 
@@ -115,7 +136,7 @@ impl ConnectError {
         let code = match self {
             Self::Resolve { .. } | Self::Tcp { .. } => sqlstate::UNABLE_TO_CONNECT,
             Self::NoTls { .. } | Self::Tls { .. } => sqlstate::CONNECTION_FAILURE,
-            Self::OutOfFds { .. } => sqlstate::INSUFFICIENT_RESOURCES,
+            Self::OutOfFds => return fds::exhausted_error(),
         };
         ClientError::new(code, format!("pg-iam-proxy: {self}"))
     }
@@ -132,33 +153,6 @@ pub fn tune_socket(stream: &TcpStream, idle: Option<Duration>) -> std::io::Resul
         socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)?;
     }
     stream.set_nodelay(true)
-}
-
-impl ConnectError {
-    /// The process ran out of file descriptors.
-    pub fn is_out_of_fds(&self) -> bool {
-        matches!(self, Self::OutOfFds { .. })
-    }
-
-    /// `source` made `or_else`, unless it came from running out of descriptors: by its
-    /// errno, or (`probe`, for getaddrinfo, whose errors hide it) by trying for one now.
-    fn unless_out_of_fds(
-        source: std::io::Error,
-        probe: bool,
-        or_else: impl FnOnce(std::io::Error) -> Self,
-    ) -> Self {
-        let out = if probe {
-            fds::caused_exhaustion(&source)
-        } else {
-            fds::is_exhaustion(&source)
-        };
-        if out {
-            let limit = fds::limits().map_or_else(|_| "unknown".into(), |l| l.soft.to_string());
-            Self::OutOfFds { limit }
-        } else {
-            or_else(source)
-        }
-    }
 }
 
 /// Resolves the endpoint now and connects to the first address that answers.
