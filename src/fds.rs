@@ -180,7 +180,7 @@ impl Episode {
             self.warned = Some(now);
             let limit = limits().map(|l| l.soft).unwrap_or(0);
             tracing::warn!(error = %e, limit, failures = self.failures,
-                "out of file descriptors: cannot accept clients; raise LimitNOFILE / ulimit -n");
+                "out of file descriptors: new clients are refused (53000); raise LimitNOFILE / ulimit -n");
         }
     }
 

@@ -128,7 +128,7 @@ async fn out_of_descriptors_clients_are_told_53000_and_the_proxy_recovers() {
     let (code, text) = refused(pid, addr, si).await;
     assert_eq!(code, "53000", "{text}");
     assert!(text.starts_with(&want), "{text}");
-    proxy.wait_for("out of file descriptors: cannot accept clients");
+    proxy.wait_for("out of file descriptors: new clients are refused");
 
     drop(hogs);
     let deadline = Instant::now() + Duration::from_secs(30);
