@@ -185,23 +185,47 @@ fn remove_stale_socket(path: &Path) -> Result<(), StartError> {
         .map_err(|e| StartError(format!("cannot remove stale {}: {e}", path.display())))
 }
 
-/// Runs the proxy until SIGTERM/SIGINT, then drains.
+/// Runs the proxy until SIGTERM/SIGINT, then drains; a second signal cuts at once.
 pub async fn run(config: Config) -> Result<RunReport, StartError> {
+    crate::fds::raise_and_log();
     let prepared = prepare(&config).await?;
-    let shutdown = CancellationToken::new();
+    let shutdown = Shutdown::default();
     tokio::spawn(signal_shutdown(shutdown.clone()));
-    let report = serve(prepared, &config.proxy, shutdown).await?;
+    let report = serve_until(prepared, &config.proxy, shutdown).await?;
     tracing::info!(cut_sessions = report.cut_sessions, "stopped");
     Ok(report)
 }
 
-/// Serves prepared targets (and the HTTP endpoint, if configured) until `shutdown` fires,
-/// then: readiness turns 503 at once, listeners keep accepting for `min_shutdown_delay`, and
-/// open sessions get at most `max_shutdown_delay` to finish.
+/// What ends a run.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    /// Start the graceful shutdown (a signal, `POST /quitquitquit`).
+    pub graceful: CancellationToken,
+    /// Cut open sessions now, without waiting for the rest of the delays (a second signal).
+    pub now: CancellationToken,
+}
+
+/// [`serve_until`] with a graceful `shutdown` only.
 pub async fn serve(
     prepared: Prepared,
     settings: &ProxySettings,
     shutdown: CancellationToken,
+) -> Result<RunReport, StartError> {
+    let shutdown = Shutdown {
+        graceful: shutdown,
+        now: CancellationToken::new(),
+    };
+    serve_until(prepared, settings, shutdown).await
+}
+
+/// Serves prepared targets (and the HTTP endpoint, if configured) until `shutdown` fires,
+/// then: readiness turns 503 at once, listeners keep accepting for `min_shutdown_delay`, and
+/// open sessions get at most `max_shutdown_delay` to finish; `shutdown.now` skips what is
+/// left of both delays and cuts.
+pub async fn serve_until(
+    prepared: Prepared,
+    settings: &ProxySettings,
+    shutdown: Shutdown,
 ) -> Result<RunReport, StartError> {
     let limit =
         (settings.max_connections > 0).then(|| Arc::new(Semaphore::new(settings.max_connections)));
@@ -219,50 +243,53 @@ pub async fn serve(
         let state = Arc::new(HttpState {
             health: health.clone(),
             registry: prepared.metrics.registry(prepared.cache.clone()),
-            quit: settings.quitquitquit.then(|| shutdown.clone()),
+            quit: settings.quitquitquit.then(|| shutdown.graceful.clone()),
         });
         tokio::spawn(http::serve(listener, state, stop_http.clone()));
     }
-    let stop_accepting = CancellationToken::new();
+    let stop = server::Stop {
+        accepting: CancellationToken::new(),
+        now: shutdown.now.clone(),
+        drain: settings.max_shutdown_delay,
+    };
     tokio::spawn(begin_shutdown(
         shutdown,
         health.clone(),
         settings.min_shutdown_delay,
-        stop_accepting.clone(),
+        stop.accepting.clone(),
     ));
     health.set_started();
     tracing::info!("ready");
-    let report = server::run(
-        prepared.listeners,
-        limit,
-        stop_accepting,
-        settings.max_shutdown_delay,
-    )
-    .await;
+    let report = server::run(prepared.listeners, limit, stop).await;
     stop_http.cancel();
     Ok(report)
 }
 
 async fn begin_shutdown(
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     health: Arc<Health>,
     min_delay: Duration,
     stop_accepting: CancellationToken,
 ) {
-    shutdown.cancelled().await;
+    shutdown.graceful.cancelled().await;
     health.set_draining();
     if !min_delay.is_zero() {
         tracing::info!(
             ?min_delay,
             "shutting down: still accepting for the minimum delay"
         );
-        tokio::time::sleep(min_delay).await;
+        tokio::select! {
+            () = tokio::time::sleep(min_delay) => {}
+            () = shutdown.now.cancelled() => {}
+        }
     }
     tracing::info!("shutting down: no longer accepting");
     stop_accepting.cancel();
 }
 
-async fn signal_shutdown(shutdown: CancellationToken) {
+/// The first SIGTERM/SIGINT starts the graceful shutdown (unless `/quitquitquit` already
+/// did); the next one cuts at once.
+async fn signal_shutdown(shutdown: Shutdown) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -271,9 +298,17 @@ async fn signal_shutdown(shutdown: CancellationToken) {
         tracing::error!("cannot install signal handlers");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    loop {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        if shutdown.graceful.is_cancelled() {
+            tracing::warn!("{name} again: cutting open sessions now");
+            shutdown.now.cancel();
+            return;
+        }
+        tracing::info!("{name}: shutting down");
+        shutdown.graceful.cancel();
     }
-    shutdown.cancel();
 }

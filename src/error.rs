@@ -18,8 +18,12 @@ pub mod sqlstate {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     /// Connection limit reached.
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
-    /// The proxy is shutting down.
+    /// The proxy ended the session at the end of its shutdown drain.
     pub const ADMIN_SHUTDOWN: &str = "57P01";
+    /// The proxy ended a session idle for longer than the idle timeout.
+    pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
+    /// The process is out of a resource it needs (file descriptors).
+    pub const INSUFFICIENT_RESOURCES: &str = "53000";
 }
 
 /// An error to report to a client as a `FATAL` `ErrorResponse`.
@@ -42,6 +46,23 @@ impl ClientError {
             message: message.into(),
             hint: None,
         }
+    }
+
+    /// What PostgreSQL says when it terminates a session on shutdown or
+    /// `pg_terminate_backend` (the same severity, code and text).
+    pub fn admin_shutdown() -> Self {
+        Self::new(
+            sqlstate::ADMIN_SHUTDOWN,
+            "terminating connection due to administrator command",
+        )
+    }
+
+    /// What PostgreSQL says when `idle_session_timeout` ends a session.
+    pub fn idle_session_timeout() -> Self {
+        Self::new(
+            sqlstate::IDLE_SESSION_TIMEOUT,
+            "terminating connection due to idle-session timeout",
+        )
     }
 
     /// Adds a hint.

@@ -16,7 +16,7 @@
 //! The token side ([`iam`]) knows nothing about sockets: credentials -> signer -> cache.
 //!
 //! Modules: [`cli`], [`commands`] and [`app`] (start-up), [`config`], [`server`],
-//! [`session`], [`client`], [`upstream`], [`relay`], [`cancel`], [`startup`], [`wire`], [`error`], [`iam`].
+//! [`session`], [`client`], [`upstream`], [`relay`], [`cancel`], [`startup`], [`wire`], [`error`], [`fds`], [`gate`], [`iam`].
 
 pub mod app;
 pub mod cancel;
@@ -26,6 +26,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod fds;
 pub mod gate;
 pub mod health;
 pub mod http;

@@ -18,6 +18,9 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// The longest the runtime waits for its remaining tasks and threads at exit.
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
@@ -58,6 +61,9 @@ fn main() -> ExitCode {
             None => commands::run(cli.run).await,
         }
     });
+    // Whatever is still running (a task left behind after the drain's grace, a DNS lookup
+    // on a blocking thread) must not keep the process alive.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     match result {
         Ok(code) => code,
         Err(e) => {

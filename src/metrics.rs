@@ -1,5 +1,5 @@
 //! Prometheus metrics (prometheus-client): connections, upstream connect latency, login
-//! failures by reason, bytes each way, cancel requests by outcome, and, read at scrape time, the token cache's counters and
+//! failures by reason, bytes each way, cancel requests by outcome, file descriptor exhaustion, and, read at scrape time, the token cache's counters and
 //! the seconds until the credentials in use expire.
 
 use prometheus_client::collector::Collector;
@@ -47,6 +47,35 @@ pub struct CancelLabels {
     pub outcome: &'static str,
 }
 
+/// What needed a file descriptor when there was none.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum FdUse {
+    /// Accepting a client connection.
+    Accept,
+    /// Resolving or connecting to the database.
+    Upstream,
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for FdUse {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> std::fmt::Result {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Self::Accept => "accept",
+            Self::Upstream => "upstream",
+        })
+    }
+}
+
+/// Label: where descriptors ran out.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FdLabels {
+    /// `accept` or `upstream`.
+    pub r#where: FdUse,
+}
+
 fn connect_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
@@ -72,6 +101,8 @@ pub struct Metrics {
     pub logins_active: Family<TargetLabel, Gauge>,
     /// Cancel requests by outcome.
     pub cancels: Family<CancelLabels, Counter>,
+    /// Times a descriptor was needed and the process had none.
+    pub fd_exhausted: Family<FdLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -86,6 +117,7 @@ impl Default for Metrics {
             logins_waiting: Family::default(),
             logins_active: Family::default(),
             cancels: Family::default(),
+            fd_exhausted: Family::default(),
         }
     }
 }
@@ -179,6 +211,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a descriptor needed for `what` when there was none.
+    pub fn fd_exhausted(&self, what: FdUse) {
+        self.fd_exhausted
+            .get_or_create(&FdLabels { r#where: what })
+            .inc();
+    }
+
     /// A registry exposing these metrics and the cache's.
     pub fn registry(self: &std::sync::Arc<Self>, cache: TokenCache) -> Registry {
         let mut r = Registry::with_prefix("pg_iam_proxy");
@@ -226,6 +265,11 @@ impl Metrics {
             "cancel_requests",
             "Cancel requests by outcome (forwarded counts upstream forwards)",
             self.cancels.clone(),
+        );
+        r.register(
+            "fd_exhausted",
+            "Times the process was out of file descriptors, by what needed one",
+            self.fd_exhausted.clone(),
         );
         r.register_collector(Box::new(CacheCollector(cache)));
         r

@@ -1,9 +1,13 @@
 //! Accepting connections: one accept loop per listener (TCP or Unix socket), an optional
 //! connection limit, a per-connection span, and a graceful drain on shutdown: stop
-//! accepting, let sessions finish for up to the shutdown timeout, then cut the rest.
+//! accepting, let sessions finish for up to the shutdown timeout (or until a second signal),
+//! then cut the rest. Nothing outlives the cut by more than [`CUT_GRACE`]: tasks still
+//! running then (a cancel forwarded to a frozen server, say) are left behind and the
+//! process exits.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
@@ -14,6 +18,8 @@ use tracing::Instrument;
 
 use crate::client;
 use crate::error::{sqlstate, ClientError};
+use crate::fds::{self, Spare};
+use crate::metrics::FdUse;
 use crate::session::{self, TargetContext};
 use crate::upstream::connect::tune_socket;
 
@@ -26,6 +32,21 @@ pub enum Listener {
     Unix(UnixListener, PathBuf),
 }
 
+/// How long tasks get to end after the cut (a cut session says goodbye within
+/// [`crate::relay::FINISH_MESSAGE`] + [`crate::relay::GOODBYE`]) before [`run`] returns without them.
+pub const CUT_GRACE: Duration = Duration::from_secs(3);
+
+/// When to stop.
+#[derive(Debug, Clone)]
+pub struct Stop {
+    /// Stop accepting and start the drain.
+    pub accepting: CancellationToken,
+    /// Cut open sessions now, whatever is left of the drain (a second signal).
+    pub now: CancellationToken,
+    /// The longest the drain lasts (`--max-shutdown-delay`).
+    pub drain: Duration,
+}
+
 /// How the run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunReport {
@@ -33,16 +54,16 @@ pub struct RunReport {
     pub cut_sessions: usize,
 }
 
-/// Serves `listeners` until `stop_accepting` fires, then lets sessions finish for at most
-/// `drain`. `limit` bounds concurrent client connections.
+/// Serves `listeners` until `stop.accepting` fires, then lets sessions finish for at most
+/// `stop.drain` or until `stop.now`. `limit` bounds concurrent client connections.
 pub async fn run(
     listeners: Vec<(Listener, Arc<TargetContext>)>,
     limit: Option<Arc<Semaphore>>,
-    stop_accepting: CancellationToken,
-    drain: std::time::Duration,
+    stop: Stop,
 ) -> RunReport {
     let tracker = TaskTracker::new();
     let cut = CancellationToken::new();
+    let spare = Arc::new(Spare::reserve());
     let mut loops = Vec::new();
     for (listener, ctx) in listeners {
         let acceptor = Acceptor {
@@ -50,8 +71,10 @@ pub async fn run(
             tracker: tracker.clone(),
             cut: cut.clone(),
             limit: limit.clone(),
+            spare: spare.clone(),
+            exhausted: fds::Episode::default(),
         };
-        loops.push(tokio::spawn(acceptor.run(listener, stop_accepting.clone())));
+        loops.push(tokio::spawn(acceptor.run(listener, stop.accepting.clone())));
     }
     for l in loops {
         let _ = l.await;
@@ -59,18 +82,30 @@ pub async fn run(
     tracker.close();
     let open = tracker.len();
     if open > 0 {
-        tracing::info!(open, ?drain, "waiting for open sessions to finish");
+        tracing::info!(open, drain = ?stop.drain, "waiting for open sessions to finish");
     }
-    if tokio::time::timeout(drain, tracker.wait()).await.is_ok() {
-        return RunReport { cut_sessions: 0 };
-    }
+    let why = tokio::select! {
+        drained = tokio::time::timeout(stop.drain, tracker.wait()) => match drained {
+            Ok(()) => return RunReport { cut_sessions: 0 },
+            Err(_) => "shutdown timeout reached",
+        },
+        () = stop.now.cancelled() => "second signal",
+    };
     let cut_sessions = tracker.len();
-    tracing::warn!(
-        cut_sessions,
-        "shutdown timeout reached; cutting open sessions"
-    );
+    if cut_sessions > 0 {
+        tracing::warn!(cut_sessions, "{why}; cutting open sessions");
+    }
     cut.cancel();
-    tracker.wait().await;
+    if tokio::time::timeout(CUT_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = tracker.len(),
+            grace = ?CUT_GRACE,
+            "tasks still running after the cut; exiting without them"
+        );
+    }
     RunReport { cut_sessions }
 }
 
@@ -79,25 +114,37 @@ struct Acceptor {
     tracker: TaskTracker,
     cut: CancellationToken,
     limit: Option<Arc<Semaphore>>,
+    /// The descriptor held back for refusing a client at exhaustion (shared by all).
+    spare: Arc<Spare>,
+    exhausted: fds::Episode,
 }
 
+/// Pause after a failed accept: never spin on a listener that stays readable.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How long a client accepted on the spare descriptor gets to send its startup packet
+/// (so that it reads the error rather than a reset) before it is told anyway.
+const SPARE_HANDSHAKE: Duration = Duration::from_secs(1);
+
 impl Acceptor {
-    async fn run(self, listener: Listener, shutdown: CancellationToken) {
+    async fn run(mut self, listener: Listener, shutdown: CancellationToken) {
         loop {
             let accepted = tokio::select! {
                 () = shutdown.cancelled() => break,
                 accepted = accept(&listener) => accepted,
             };
             match accepted {
-                Ok(Accepted::Tcp(stream, peer)) => {
-                    let _ = tune_socket(&stream, self.ctx.settings.tcp_keepalive);
-                    self.spawn(stream, &peer);
+                Ok(accepted) => {
+                    if self.spare.lost() {
+                        self.spare.restore();
+                    }
+                    self.exhausted.over();
+                    self.serve(accepted);
                 }
-                Ok(Accepted::Unix(stream)) => self.spawn(stream, &"unix-socket"),
+                Err(e) if fds::is_exhaustion(&e) => self.out_of_fds(&listener, &e).await,
                 Err(e) => {
-                    // EMFILE and friends: report and keep going; never spin hot.
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             }
         }
@@ -106,12 +153,67 @@ impl Acceptor {
         }
     }
 
+    fn serve(&self, accepted: Accepted) {
+        match accepted {
+            Accepted::Tcp(stream, peer) => {
+                let _ = tune_socket(&stream, self.ctx.settings.tcp_keepalive);
+                self.spawn(stream, &peer);
+            }
+            Accepted::Unix(stream) => self.spawn(stream, &"unix-socket"),
+        }
+    }
+
+    /// Accept failed for want of a descriptor. Linux says so even with no client waiting
+    /// (the descriptor is allocated first): then the last accept simply took the last one.
+    /// With a client waiting: count it, warn once per episode, and use the spare descriptor
+    /// to accept the client and tell it (SQLSTATE 53000).
+    async fn out_of_fds(&mut self, listener: &Listener, e: &std::io::Error) {
+        if !fds::readable(listener.fd()) {
+            return tokio::time::sleep(ACCEPT_BACKOFF).await;
+        }
+        self.ctx.metrics.all.fd_exhausted(FdUse::Accept);
+        self.exhausted.warn(e);
+        if !self.spare.release() {
+            if self.spare.lost() {
+                self.spare.restore();
+            }
+            return tokio::time::sleep(ACCEPT_BACKOFF).await;
+        }
+        let waiting = tokio::time::timeout(ACCEPT_BACKOFF, accept(listener)).await;
+        let Ok(Ok(accepted)) = waiting else {
+            self.spare.restore();
+            return tokio::time::sleep(ACCEPT_BACKOFF).await;
+        };
+        match accepted {
+            Accepted::Tcp(stream, peer) => self.refuse(stream, &peer),
+            Accepted::Unix(stream) => self.refuse(stream, &"unix-socket"),
+        }
+    }
+
+    /// Tells a client accepted on the spare descriptor that the proxy is out of
+    /// descriptors, after reading its startup packet (briefly) so that it reads the error
+    /// rather than a reset; then takes the spare back.
+    fn refuse<S>(&self, mut stream: S, peer: &dyn std::fmt::Display)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let spare = self.spare.clone();
+        self.tracker.spawn(
+            async move {
+                let _ = tokio::time::timeout(SPARE_HANDSHAKE, client::handshake(&mut stream)).await;
+                client::reject(&mut stream, &fds::exhausted_error()).await;
+                drop(stream);
+                spare.restore();
+            }
+            .instrument(conn_span(&self.ctx, peer)),
+        );
+    }
+
     fn spawn<S>(&self, mut stream: S, peer: &dyn std::fmt::Display)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let span = tracing::info_span!("conn", client = %peer, target = %self.ctx.name,
-            user = tracing::field::Empty, database = tracing::field::Empty);
+        let span = conn_span(&self.ctx, peer);
         let permit = match &self.limit {
             None => None,
             Some(limit) => match limit.clone().try_acquire_owned() {
@@ -148,9 +250,24 @@ impl Acceptor {
     }
 }
 
+fn conn_span(ctx: &TargetContext, peer: &dyn std::fmt::Display) -> tracing::Span {
+    tracing::info_span!("conn", client = %peer, target = %ctx.name,
+        user = tracing::field::Empty, database = tracing::field::Empty)
+}
+
 enum Accepted {
     Tcp(tokio::net::TcpStream, std::net::SocketAddr),
     Unix(tokio::net::UnixStream),
+}
+
+impl Listener {
+    fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Self::Tcp(l) => l.as_raw_fd(),
+            Self::Unix(l, _) => l.as_raw_fd(),
+        }
+    }
 }
 
 async fn accept(listener: &Listener) -> std::io::Result<Accepted> {

@@ -17,7 +17,7 @@ use crate::config::ProxySettings;
 use crate::error::{sqlstate, ClientError};
 use crate::gate::LoginGate;
 use crate::iam::{partition, RoleSpec, TokenCache, TokenKey};
-use crate::metrics::TargetMetrics;
+use crate::metrics::{FdUse, TargetMetrics};
 use crate::relay;
 use crate::upstream::auth::{login, startup_packet, AuthError, Login, ServerError};
 use crate::upstream::connect::{connect, Endpoint, UpstreamStream};
@@ -63,23 +63,24 @@ enum Failure {
     Server(BytesMut, &'static str),
 }
 
-/// Serves one accepted client connection to the end.
+/// Serves one accepted client connection to the end. A cut before the relay (the client
+/// still in its handshake or login) ends the connection with 57P01 too.
 pub async fn serve<S>(ctx: &TargetContext, mut client: S, cut: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let hello = match timeout(
+    let handshake = timeout(
         ctx.settings.handshake_timeout,
         client::handshake(&mut client),
-    )
-    .await
-    {
-        Ok(Ok(hello)) => hello,
-        Ok(Err(e)) => {
+    );
+    let hello = match or_cut(&cut, handshake).await {
+        None => return client::reject(&mut client, &ClientError::admin_shutdown()).await,
+        Some(Ok(Ok(hello))) => hello,
+        Some(Ok(Err(e))) => {
             tracing::debug!(error = %e, "handshake failed");
             return client::reject(&mut client, &e).await;
         }
-        Err(_) => {
+        Some(Err(_)) => {
             let e = ClientError::new(
                 sqlstate::PROTOCOL_VIOLATION,
                 "timeout waiting for the startup packet",
@@ -91,12 +92,20 @@ where
     match hello {
         Hello::Cancel(request) => {
             let forward = ctx.cancels.forward(&request, |o| ctx.metrics.cancel(o));
-            tokio::select! {
-                () = forward => {}
-                () = cut.cancelled() => {}
-            }
+            let _ = or_cut(&cut, forward).await;
         }
         Hello::Startup(info) => session(ctx, client, info, cut).await,
+    }
+}
+
+/// Runs a stage before the relay unless the shutdown drain ends first (`None`).
+async fn or_cut<T>(
+    cut: &CancellationToken,
+    stage: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        out = stage => Some(out),
+        () = cut.cancelled() => None,
     }
 }
 
@@ -112,12 +121,15 @@ where
     // Boxed: the connect/login state is freed before the long relay stage.
     let opening = Box::pin(gated_open(ctx, user, &info));
     let opened = tokio::select! {
-        opened = opening => opened,
+        opened = or_cut(&cut, opening) => opened,
         () = watch_client(&mut client, &mut early) => {
             ctx.metrics.login_failed("client_left");
             tracing::debug!("client left before the upstream login completed; login abandoned");
             return;
         }
+    };
+    let Some(opened) = opened else {
+        return client::reject(&mut client, &ClientError::admin_shutdown()).await;
     };
     let (opened, started) = match opened {
         Ok(opened) => opened,
@@ -280,9 +292,12 @@ async fn open(ctx: &TargetContext, user: String, info: &StartupInfo) -> Result<O
                 "token",
             )
         })?;
-        let (mut stream, addr) = connect(&ctx.endpoint)
-            .await
-            .map_err(|e| Failure::Client(e.to_client(), e.reason()))?;
+        let (mut stream, addr) = connect(&ctx.endpoint).await.map_err(|e| {
+            if e.is_out_of_fds() {
+                ctx.metrics.all.fd_exhausted(FdUse::Upstream);
+            }
+            Failure::Client(e.to_client(), e.reason())
+        })?;
         match login(&mut stream, user, &startup, token.expose()).await {
             Ok(login) => {
                 return Ok(Opened {

@@ -48,4 +48,8 @@ fn deploy_files_use_only_real_flags_and_endpoints() {
     let dockerfile = read("deploy/Dockerfile");
     assert!(dockerfile.contains("USER nonroot"));
     assert!(unit.contains("ExecStart=/usr/local/bin/pg-iam-proxy run --config"));
+    assert!(
+        unit.lines().any(|l| l.starts_with("LimitNOFILE=")),
+        "the unit sets the descriptor limit"
+    );
 }

@@ -14,6 +14,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::error::{sqlstate, ClientError};
+use crate::fds;
 
 /// A TLS connection to the database.
 pub type UpstreamStream = TlsStream<TcpStream>;
@@ -82,6 +83,9 @@ pub enum ConnectError {
         /// What it answered.
         detail: String,
     },
+    /// The process is out of file descriptors (resolving or connecting needs one).
+    #[error("out of file descriptors")]
+    OutOfFds,
     /// The TLS handshake or certificate check failed.
     #[error("TLS handshake with {endpoint} failed: {source}")]
     Tls {
@@ -99,6 +103,31 @@ impl ConnectError {
             Self::Resolve { .. } => "dns",
             Self::Tcp { .. } => "connect",
             Self::NoTls { .. } | Self::Tls { .. } => "tls",
+            Self::OutOfFds => "fds",
+        }
+    }
+
+    /// The process ran out of file descriptors.
+    pub fn is_out_of_fds(&self) -> bool {
+        matches!(self, Self::OutOfFds)
+    }
+
+    /// `source` made `or_else`, unless it came from running out of descriptors: by its
+    /// errno, or (`probe`, for getaddrinfo, whose errors hide it) by trying for one now.
+    fn unless_out_of_fds(
+        source: std::io::Error,
+        probe: bool,
+        or_else: impl FnOnce(std::io::Error) -> Self,
+    ) -> Self {
+        let out = if probe {
+            fds::caused_exhaustion(&source)
+        } else {
+            fds::is_exhaustion(&source)
+        };
+        if out {
+            Self::OutOfFds
+        } else {
+            or_else(source)
         }
     }
 
@@ -107,6 +136,7 @@ impl ConnectError {
         let code = match self {
             Self::Resolve { .. } | Self::Tcp { .. } => sqlstate::UNABLE_TO_CONNECT,
             Self::NoTls { .. } | Self::Tls { .. } => sqlstate::CONNECTION_FAILURE,
+            Self::OutOfFds => return fds::exhausted_error(),
         };
         ClientError::new(code, format!("pg-iam-proxy: {self}"))
     }
@@ -129,32 +159,43 @@ pub fn tune_socket(stream: &TcpStream, idle: Option<Duration>) -> std::io::Resul
 pub async fn connect(ep: &Endpoint) -> Result<(UpstreamStream, SocketAddr), ConnectError> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((ep.host.as_str(), ep.port))
         .await
-        .map_err(|source| ConnectError::Resolve {
-            host: ep.host.clone(),
-            source,
+        .map_err(|source| {
+            ConnectError::unless_out_of_fds(source, true, |source| ConnectError::Resolve {
+                host: ep.host.clone(),
+                source,
+            })
         })?
         .collect();
     let mut last = None;
     for addr in addrs {
         match TcpStream::connect(addr).await {
             Ok(tcp) => return Ok((handshake(ep, tcp).await?, addr)),
-            Err(e) => last = Some(e),
+            Err(e) => {
+                let out_of_fds = fds::is_exhaustion(&e);
+                last = Some(e);
+                if out_of_fds {
+                    break; // no other address does better
+                }
+            }
         }
     }
-    Err(ConnectError::Tcp {
-        endpoint: format!("{}:{}", ep.host, ep.port),
-        source: last.unwrap_or_else(|| std::io::Error::other("no addresses")),
-    })
+    let source = last.unwrap_or_else(|| std::io::Error::other("no addresses"));
+    Err(ConnectError::unless_out_of_fds(source, false, |source| {
+        ConnectError::Tcp {
+            endpoint: format!("{}:{}", ep.host, ep.port),
+            source,
+        }
+    }))
 }
 
 /// Connects to a known address (used to route a cancel to the session's server).
 pub async fn connect_addr(ep: &Endpoint, addr: SocketAddr) -> Result<UpstreamStream, ConnectError> {
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|source| ConnectError::Tcp {
+    let tcp = TcpStream::connect(addr).await.map_err(|source| {
+        ConnectError::unless_out_of_fds(source, false, |source| ConnectError::Tcp {
             endpoint: addr.to_string(),
             source,
-        })?;
+        })
+    })?;
     handshake(ep, tcp).await
 }
 

@@ -1,0 +1,87 @@
+//! After login: splice both directions with no per-message parsing until both sides are
+//! done (a half-close is passed on), an error occurs, the idle timeout passes, or the proxy
+//! cuts the session at the end of a shutdown drain.
+//!
+//! Unlike `tokio::io::copy_bidirectional`, a direction holds its copy buffer only while
+//! data is moving: the buffer is released whenever the reader has nothing more, so an idle
+//! session costs no buffer memory (most proxied sessions are idle most of the time). Bytes
+//! are counted into a [`Meter`] per direction as they are written, so a long session shows
+//! its traffic while it lasts, not only when it ends.
+//!
+//! Each direction also follows message boundaries by their headers ([`frames`]), so a
+//! session the proxy ends itself is ended as PostgreSQL would end it ([`goodbye`]): the
+//! client gets `FATAL 57P01` (cut) or `FATAL 57P05` (idle) between two messages, never in
+//! the middle of one, and the server gets Terminate and a TLS close.
+//!
+//! Files: [`pipe`] (one direction), [`frames`] (boundaries), [`splice`] (both directions),
+//! [`goodbye`] (ending a session the proxy ends).
+
+mod frames;
+mod goodbye;
+mod pipe;
+mod splice;
+#[cfg(test)]
+mod tests;
+
+pub use frames::Frames;
+pub use goodbye::{FINISH_MESSAGE, GOODBYE};
+pub use splice::splice;
+
+/// Where one direction's byte count goes as data moves (a metrics counter, in the proxy).
+pub trait Meter: Sync {
+    /// Counts `bytes` more written.
+    fn add(&self, bytes: u64);
+}
+
+/// No metering.
+impl Meter for () {
+    fn add(&self, _: u64) {}
+}
+
+/// The meters of both directions.
+#[derive(Clone, Copy)]
+pub struct Meters<'a> {
+    /// Client -> server.
+    pub to_server: &'a dyn Meter,
+    /// Server -> client.
+    pub to_client: &'a dyn Meter,
+}
+
+impl Meters<'static> {
+    /// Counting nothing beyond the [`Outcome`].
+    pub const NONE: Self = Self {
+        to_server: &(),
+        to_client: &(),
+    };
+}
+
+/// How a splice ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Both directions finished; `client_first` says who closed first.
+    Closed {
+        /// The client closed before the server did.
+        client_first: bool,
+    },
+    /// An I/O error on one side.
+    Failed,
+    /// Cut at the end of a shutdown drain.
+    Cut,
+    /// No traffic either way for the idle timeout.
+    Idle,
+}
+
+/// How a splice ended and what it moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Why it ended.
+    pub ended: Ended,
+    /// Bytes client -> server.
+    pub to_server: u64,
+    /// Bytes server -> client.
+    pub to_client: u64,
+    /// For a session the proxy ended (cut, idle): the reason (FATAL 57P01 or 57P05) was
+    /// written to the client. False when the server was in the middle of a message that did
+    /// not end in time ([`FINISH_MESSAGE`]), or the client did not take it in time.
+    pub told: bool,
+}

@@ -1,0 +1,144 @@
+//! One direction of the splice: read into a buffer that exists only while data moves, write
+//! it on, count it, and follow the message boundaries of what was written.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::frames::Frames;
+use super::Meter;
+
+/// Copy buffer size per direction while data moves.
+const BUF: usize = 16 * 1024;
+
+/// One direction of the splice.
+#[derive(Default)]
+pub(super) struct Pipe {
+    buf: Vec<u8>,
+    pos: usize,
+    /// The reader reached its end.
+    pub eof: bool,
+    unflushed: bool,
+    /// Everything was written and the writer shut down.
+    pub done: bool,
+    /// Bytes written so far.
+    pub bytes: u64,
+    /// Where the written bytes stand between messages.
+    pub frames: Frames,
+}
+
+impl Pipe {
+    /// Read bytes not written yet.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// Copies until the reader has nothing more for now (`Pending`, buffer released) or has
+    /// ended and the writer is shut down (`Ready`).
+    pub fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut r: Pin<&mut R>,
+        mut w: Pin<&mut W>,
+        meter: &dyn Meter,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            while self.pending() > 0 {
+                ready!(self.poll_write(cx, w.as_mut(), usize::MAX, meter))?;
+            }
+            if self.eof {
+                ready!(w.as_mut().poll_flush(cx))?;
+                ready!(w.as_mut().poll_shutdown(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            if self.poll_fill(cx, r.as_mut())?.is_pending() {
+                self.buf = Vec::new(); // idle: give the buffer back
+                if self.unflushed {
+                    ready!(w.as_mut().poll_flush(cx))?;
+                    self.unflushed = false;
+                }
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Copies up to the end of the message in flight and not a byte further: `true` once the
+    /// written bytes end at a message boundary, `false` if the reader ended first.
+    pub fn poll_finish<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut r: Pin<&mut R>,
+        mut w: Pin<&mut W>,
+        meter: &dyn Meter,
+    ) -> Poll<io::Result<bool>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            let limit = self.frames.within_message();
+            if limit == 0 {
+                return Poll::Ready(Ok(true));
+            }
+            if self.pending() > 0 {
+                ready!(self.poll_write(cx, w.as_mut(), limit, meter))?;
+            } else if self.eof {
+                return Poll::Ready(Ok(false));
+            } else {
+                ready!(self.poll_fill(cx, r.as_mut()))?;
+            }
+        }
+    }
+
+    /// Writes at most `limit` of the pending bytes once.
+    fn poll_write<W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        w: Pin<&mut W>,
+        limit: usize,
+        meter: &dyn Meter,
+    ) -> Poll<io::Result<()>>
+    where
+        W: AsyncWrite + ?Sized,
+    {
+        let end = self.buf.len().min(self.pos.saturating_add(limit));
+        let n = ready!(w.poll_write(cx, &self.buf[self.pos..end]))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        self.frames.advance(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        self.bytes += n as u64;
+        meter.add(n as u64);
+        self.unflushed = true;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads once into the (emptied) buffer; a read of 0 bytes marks the end.
+    fn poll_fill<R>(&mut self, cx: &mut Context<'_>, r: Pin<&mut R>) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+    {
+        self.buf.clear();
+        self.pos = 0;
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(BUF);
+        }
+        let spare: &mut [MaybeUninit<u8>] = self.buf.spare_capacity_mut();
+        let mut read = ReadBuf::uninit(spare);
+        ready!(r.poll_read(cx, &mut read))?;
+        let n = read.filled().len();
+        // SAFETY: `ReadBuf` guarantees the first `n` bytes were initialised.
+        unsafe { self.buf.set_len(n) };
+        self.eof = n == 0;
+        Poll::Ready(Ok(()))
+    }
+}
