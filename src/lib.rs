@@ -28,6 +28,7 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod iam;
+pub mod logging;
 pub mod metrics;
 pub mod relay;
 pub mod server;

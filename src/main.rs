@@ -3,24 +3,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use pg_iam_proxy::cli::{Cli, Command, LogFormat, SetupCommand};
+use pg_iam_proxy::cli::{Cli, Command, SetupCommand};
 use pg_iam_proxy::commands;
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PG_IAM_PROXY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    pg_iam_proxy::logging::init(cli.log_format);
     let mut builder = match cli.worker_threads {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(n) => {
