@@ -2,6 +2,8 @@
 //! IAM token checking through PAM) and the proxy, in-process or as the real binary.
 #![allow(dead_code)]
 
+pub mod fault;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
