@@ -15,7 +15,8 @@
 //! The token side ([`iam`]) knows nothing about sockets: credentials -> signer -> cache.
 //!
 //! Modules: [`cli`], [`commands`] and [`app`] (start-up), [`config`], [`server`],
-//! [`session`], [`client`], [`upstream`], [`relay`], [`cancel`], [`wire`], [`error`], [`iam`].
+//! [`session`], [`client`], [`upstream`], [`relay`], [`cancel`], [`wire`], [`error`], [`iam`],
+//! [`logging`].
 
 pub mod app;
 pub mod cancel;

@@ -139,7 +139,10 @@ fn credentials_timeout_defaults_below_the_connect_timeout_and_must_stay_there() 
     assert_eq!(config.proxy.credentials_timeout, Duration::from_secs(2));
     let config = build_with("[proxy]\ncredentials_timeout = \"8s\"\n").expect("given");
     assert_eq!(config.proxy.credentials_timeout, Duration::from_secs(8));
-    for bad in ["credentials_timeout = \"15s\"", "credentials_timeout = \"0s\""] {
+    for bad in [
+        "credentials_timeout = \"15s\"",
+        "credentials_timeout = \"0s\"",
+    ] {
         let err = build_with(&format!("[proxy]\n{bad}\n")).expect_err(bad);
         assert!(err.to_string().contains("under connect_timeout"), "{err}");
     }

@@ -142,65 +142,6 @@ impl std::fmt::Debug for TokenCache {
     }
 }
 
-/// One login's hold on a cache slot. [`Lease::confirm`] after the server accepted the token
-/// keeps the slot; dropping an unconfirmed last lease (a failed or abandoned login) removes
-/// the slot.
-pub struct Lease {
-    cache: TokenCache,
-    key: TokenKey,
-    slot: Arc<Slot>,
-}
-
-impl std::fmt::Debug for Lease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease").field("key", &self.key).finish()
-    }
-}
-
-impl Lease {
-    /// A token for the lease's key: cached when valid, else signed now (bounded wait).
-    pub async fn token(&self) -> Result<Arc<AuthToken>, TokenError> {
-        self.cache.inner.acquire(&self.key, &self.slot).await
-    }
-
-    /// Forgets the slot's token (the server refused it); the next request signs again.
-    pub fn invalidate(&self) {
-        lock(&self.slot.state).token = None;
-    }
-
-    /// The server accepted the token: keep the slot and refresh it in the background.
-    pub fn confirm(&self) {
-        let start = {
-            let mut state = lock(&self.slot.state);
-            state.confirmed = true;
-            !std::mem::replace(&mut state.refresher, true)
-        };
-        if start {
-            let inner = Arc::downgrade(&self.cache.inner);
-            let slot = Arc::downgrade(&self.slot);
-            tokio::spawn(refresh_loop(inner, self.key.clone(), slot));
-        }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        let mut slots = lock(&self.cache.inner.slots);
-        let remove = {
-            let mut state = lock(&self.slot.state);
-            state.leases = state.leases.saturating_sub(1);
-            state.leases == 0 && !state.confirmed
-        };
-        if remove
-            && slots
-                .get(&self.key)
-                .is_some_and(|s| Arc::ptr_eq(s, &self.slot))
-        {
-            slots.remove(&self.key);
-        }
-    }
-}
-
 impl TokenCache {
     /// A cache that signs with the given credential sources (one per role, `None` = no role).
     pub fn new(
@@ -317,9 +258,12 @@ impl Slot {
     }
 }
 
+#[path = "cache_lease.rs"]
+mod lease;
+pub use lease::Lease;
+
 #[path = "cache_refresh.rs"]
 mod refresh;
-use refresh::refresh_loop;
 
 #[cfg(test)]
 #[path = "cache_tests.rs"]
