@@ -40,7 +40,10 @@ fn bench_hit(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let source = CredentialSource::new(Some(SharedCredentialsProvider::new(creds())));
+    let source = CredentialSource::new(
+        Some(SharedCredentialsProvider::new(creds())),
+        pg_iam_proxy::iam::DEFAULT_CREDENTIALS_TIMEOUT,
+    );
     let cache = TokenCache::new(
         HashMap::from([(None, Arc::new(source))]),
         CacheSettings::default(),

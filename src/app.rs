@@ -20,8 +20,8 @@ use crate::metrics::Metrics;
 use aws_config::SdkConfig;
 
 use crate::iam::{
-    load_sdk_config, resolve_region, CacheSettings, Clock, CredentialSource, SystemClock,
-    TokenCache,
+    load_sdk_config, resolve_region, with_timeouts, CacheSettings, Clock, CredentialSource,
+    SystemClock, TokenCache,
 };
 use crate::server::{self, Listener, RunReport};
 use crate::session::TargetContext;
@@ -47,7 +47,7 @@ pub struct Prepared {
 /// Builds everything the server needs with the environment's AWS configuration.
 pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
     let fallback = config.targets.iter().find_map(|t| t.region.as_deref());
-    let sdk = load_sdk_config(fallback).await;
+    let sdk = load_sdk_config(fallback, config.proxy.credentials_timeout).await;
     prepare_with(config, &sdk, Arc::new(SystemClock)).await
 }
 
@@ -68,15 +68,19 @@ pub async fn contexts(
     sdk: &SdkConfig,
     clock: Arc<dyn Clock>,
 ) -> Result<Contexts, StartError> {
-    let mut sources = HashMap::from([(None, Arc::new(CredentialSource::from_sdk(sdk)))]);
+    let timeout = config.proxy.credentials_timeout;
+    let sdk = &with_timeouts(sdk, timeout);
+    let chain = CredentialSource::from_sdk(sdk, timeout);
+    let mut sources = HashMap::from([(None, Arc::new(chain))]);
     for role in config.targets.iter().filter_map(|t| t.role.clone()) {
         if !sources.contains_key(&Some(role.clone())) {
-            let source = CredentialSource::assume_role(sdk, &role).await;
+            let source = CredentialSource::assume_role(sdk, &role, timeout).await;
             sources.insert(Some(role), Arc::new(source));
         }
     }
     let settings = CacheSettings {
         margin: config.proxy.token_refresh_margin,
+        wait: timeout + Duration::from_secs(2),
         ..CacheSettings::default()
     };
     let cache = TokenCache::new(sources, settings, clock);

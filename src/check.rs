@@ -59,7 +59,7 @@ async fn steps(run: &crate::cli::RunArgs, options: &CheckOptions) -> Result<(), 
         .map_err(|e| Failed(format!("config: {e}")))?;
     ok(&format!("config: {} target(s)", config.targets.len()));
     let fallback = config.targets.iter().find_map(|t| t.region.as_deref());
-    let sdk = load_sdk_config(fallback).await;
+    let sdk = load_sdk_config(fallback, config.proxy.credentials_timeout).await;
     let built = app::contexts(&config, &sdk, Arc::new(SystemClock))
         .await
         .map_err(|e| Failed(format!("setup: {e}")))?;

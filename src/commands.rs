@@ -6,7 +6,8 @@ use std::time::SystemTime;
 use crate::cli::{DbUserArgs, IamArgs, RunArgs, TokenArgs, WhoamiArgs};
 use crate::config::{self, FileConfig};
 use crate::iam::{
-    load_sdk_config, resolve_region, sign_token, CredentialSource, TokenRequest, TOKEN_LIFETIME,
+    load_sdk_config, resolve_region, sign_token, CredentialSource, TokenRequest,
+    DEFAULT_CREDENTIALS_TIMEOUT, TOKEN_LIFETIME,
 };
 
 /// Exit code when sessions had to be cut at the end of the shutdown drain.
@@ -29,18 +30,18 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Box<dyn std::error::Error>> 
 
 /// `token`: one token on stdout, nothing else.
 pub async fn token(args: TokenArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let sdk = load_sdk_config(args.region.as_deref()).await;
+    let sdk = load_sdk_config(args.region.as_deref(), DEFAULT_CREDENTIALS_TIMEOUT).await;
     let region = resolve_region(
         args.region.as_deref(),
         sdk.region().map(|r| r.as_ref()),
         &args.host,
     )?;
     let source = match args.role.spec() {
-        Some(role) => CredentialSource::assume_role(&sdk, &role).await,
-        None => CredentialSource::from_sdk(&sdk),
+        Some(role) => CredentialSource::assume_role(&sdk, &role, DEFAULT_CREDENTIALS_TIMEOUT).await,
+        None => CredentialSource::from_sdk(&sdk, DEFAULT_CREDENTIALS_TIMEOUT),
     };
     let now = SystemTime::now();
-    let creds = source.credentials(now, now + TOKEN_LIFETIME).await?;
+    let creds = source.credentials(now, now + TOKEN_LIFETIME, now).await?;
     let request = TokenRequest {
         host: &args.host,
         port: args.port,
@@ -86,7 +87,7 @@ pub async fn setup_db_user(args: DbUserArgs) -> Result<ExitCode, Box<dyn std::er
 #[cfg(feature = "setup-iam")]
 pub async fn setup_iam(args: IamArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     use crate::setup::iam;
-    let sdk = load_sdk_config(args.region.as_deref()).await;
+    let sdk = load_sdk_config(args.region.as_deref(), DEFAULT_CREDENTIALS_TIMEOUT).await;
     let region = args
         .region
         .clone()
@@ -130,9 +131,11 @@ pub async fn setup_iam(_args: IamArgs) -> Result<ExitCode, Box<dyn std::error::E
 
 /// `whoami`.
 pub async fn whoami(args: WhoamiArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let sdk = load_sdk_config(args.region.as_deref()).await;
+    let sdk = load_sdk_config(args.region.as_deref(), DEFAULT_CREDENTIALS_TIMEOUT).await;
     let provider = match args.role.spec() {
-        Some(role) => CredentialSource::assume_role(&sdk, &role).await.provider(),
+        Some(role) => CredentialSource::assume_role(&sdk, &role, DEFAULT_CREDENTIALS_TIMEOUT)
+            .await
+            .provider(),
         None => None,
     };
     let who = crate::setup::whoami::caller_identity(&sdk, provider).await?;

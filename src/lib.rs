@@ -16,7 +16,8 @@
 //! The token side ([`iam`]) knows nothing about sockets: credentials -> signer -> cache.
 //!
 //! Modules: [`cli`], [`commands`] and [`app`] (start-up), [`config`], [`server`],
-//! [`session`], [`client`], [`upstream`], [`relay`], [`cancel`], [`startup`], [`wire`], [`error`], [`fds`], [`gate`], [`iam`].
+//! [`session`], [`client`], [`upstream`], [`relay`], [`cancel`], [`startup`], [`wire`], [`error`], [`fds`], [`gate`], [`iam`],
+//! [`logging`].
 
 pub mod app;
 pub mod cancel;
@@ -31,6 +32,7 @@ pub mod gate;
 pub mod health;
 pub mod http;
 pub mod iam;
+pub mod logging;
 pub mod metrics;
 pub mod relay;
 pub mod server;

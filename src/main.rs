@@ -3,27 +3,15 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use pg_iam_proxy::cli::{Cli, Command, LogFormat, SetupCommand};
+use pg_iam_proxy::cli::{Cli, Command, SetupCommand};
 use pg_iam_proxy::commands;
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PG_IAM_PROXY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
 
 /// The longest the runtime waits for its remaining tasks and threads at exit.
 const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    pg_iam_proxy::logging::init(cli.log_format);
     let mut builder = match cli.worker_threads {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(n) => {

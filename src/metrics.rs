@@ -308,6 +308,14 @@ impl Collector for CacheCollector {
             "Failed signing attempts",
             s.failures,
         )?;
+        let slots = ConstGauge::new(s.slots as i64);
+        let m = e.encode_descriptor(
+            "token_cache_slots",
+            "Token cache slots (one per host, port, user, region and role in use)",
+            None,
+            slots.metric_type(),
+        )?;
+        slots.encode(m)?;
         let now = self.0.now();
         let soonest = self
             .0

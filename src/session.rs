@@ -279,13 +279,15 @@ async fn open(ctx: &TargetContext, user: String, info: &StartupInfo) -> Result<O
         region: ctx.region.clone(),
         role: ctx.role.clone(),
     };
+    // Dropped unconfirmed (a failed or abandoned login), the lease frees the cache slot.
+    let lease = ctx.cache.lease(key.clone());
     let user = key.user.as_str();
     let startup = startup_packet(user, info).map_err(|e| {
         let e = ClientError::new(sqlstate::PROTOCOL_VIOLATION, format!("pg-iam-proxy: {e}"));
         Failure::Client(e, "startup_too_long")
     })?;
     for attempt in 0..2 {
-        let token = ctx.cache.token(&key).await.map_err(|e| {
+        let token = lease.token().await.map_err(|e| {
             let message = format!("pg-iam-proxy: no IAM auth token for {user}: {e}");
             Failure::Client(
                 ClientError::new(sqlstate::INVALID_AUTHORIZATION, message),
@@ -300,15 +302,16 @@ async fn open(ctx: &TargetContext, user: String, info: &StartupInfo) -> Result<O
         })?;
         match login(&mut stream, user, &startup, token.expose()).await {
             Ok(login) => {
+                lease.confirm();
                 return Ok(Opened {
                     stream,
                     addr,
                     login,
-                })
+                });
             }
             Err(AuthError::Refused(e)) if attempt == 0 => {
                 tracing::info!(code = %e.code, "login with a cached token refused; retrying with a new token");
-                ctx.cache.invalidate(&key);
+                lease.invalidate();
             }
             Err(AuthError::Refused(e)) => {
                 return Err(Failure::Server(with_hint(ctx, user, e), "refused"))

@@ -103,6 +103,12 @@ pub struct ProxyArgs {
     #[arg(long, env = "PG_IAM_PROXY_CONNECT_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
+    /// Time one credential fetch (STS AssumeRole, the credential chain) may take; a login
+    /// that needs one fails with SQLSTATE 28000 after it. Must be under connect-timeout
+    /// [default: 5s, at most half of connect-timeout].
+    #[arg(long, env = "PG_IAM_PROXY_CREDENTIALS_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub credentials_timeout: Option<Duration>,
     /// On SIGTERM/SIGINT, keep accepting for this long (readiness is already 503) so load
     /// balancers catch up [default: 0s].
     #[arg(long, env = "PG_IAM_PROXY_MIN_SHUTDOWN_DELAY", value_parser = humantime::parse_duration)]

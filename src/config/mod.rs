@@ -45,6 +45,8 @@ pub struct ProxySettings {
     pub handshake_timeout: Duration,
     /// See [`ProxyArgs::connect_timeout`].
     pub connect_timeout: Duration,
+    /// See [`ProxyArgs::credentials_timeout`].
+    pub credentials_timeout: Duration,
     /// See [`ProxyArgs::min_shutdown_delay`].
     pub min_shutdown_delay: Duration,
     /// See [`ProxyArgs::max_shutdown_delay`].
@@ -123,12 +125,14 @@ pub fn build(
 ) -> Result<Config, ConfigError> {
     let (c, f) = (cli_proxy, &file.proxy);
     let secs = Duration::from_secs;
+    let connect_timeout = c.connect_timeout.or(f.connect_timeout).unwrap_or(secs(15));
     let proxy = ProxySettings {
         handshake_timeout: c
             .handshake_timeout
             .or(f.handshake_timeout)
             .unwrap_or(secs(10)),
-        connect_timeout: c.connect_timeout.or(f.connect_timeout).unwrap_or(secs(15)),
+        connect_timeout,
+        credentials_timeout: credentials_timeout(c, f, connect_timeout)?,
         min_shutdown_delay: c
             .min_shutdown_delay
             .or(f.min_shutdown_delay)
@@ -200,6 +204,26 @@ pub fn build(
         check_local_listeners(&targets)?;
     }
     Ok(Config { proxy, targets })
+}
+
+/// The credentials timeout: given, or 5 s but at most half the connect timeout; it must
+/// end before the connect timeout so a login that waits for STS hears why it failed.
+fn credentials_timeout(
+    c: &ProxyArgs,
+    f: &ProxyArgs,
+    connect_timeout: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(given) = c.credentials_timeout.or(f.credentials_timeout) else {
+        return Ok(crate::iam::DEFAULT_CREDENTIALS_TIMEOUT.min(connect_timeout / 2));
+    };
+    if given.is_zero() || given >= connect_timeout {
+        return Err(ConfigError::Invalid(format!(
+            "credentials_timeout ({}) must be above 0 and under connect_timeout ({})",
+            humantime::format_duration(given),
+            humantime::format_duration(connect_timeout)
+        )));
+    }
+    Ok(given)
 }
 
 fn target(t: TargetArgs) -> Result<Target, ConfigError> {

@@ -125,3 +125,25 @@ fn network_listeners_need_explicit_consent() {
     let in_file = parse("[proxy]\nallow_remote_clients = true\n");
     build(&ProxyArgs::default(), &on("0.0.0.0:5432"), &in_file).expect("consented in the file");
 }
+
+#[test]
+fn credentials_timeout_defaults_below_the_connect_timeout_and_must_stay_there() {
+    let target = TargetArgs {
+        host: Some("db.example.com".into()),
+        ..Default::default()
+    };
+    let build_with = |text: &str| build(&ProxyArgs::default(), &target, &parse(text));
+    let config = build_with("").expect("defaults");
+    assert_eq!(config.proxy.credentials_timeout, Duration::from_secs(5));
+    let config = build_with("[proxy]\nconnect_timeout = \"4s\"\n").expect("short connect");
+    assert_eq!(config.proxy.credentials_timeout, Duration::from_secs(2));
+    let config = build_with("[proxy]\ncredentials_timeout = \"8s\"\n").expect("given");
+    assert_eq!(config.proxy.credentials_timeout, Duration::from_secs(8));
+    for bad in [
+        "credentials_timeout = \"15s\"",
+        "credentials_timeout = \"0s\"",
+    ] {
+        let err = build_with(&format!("[proxy]\n{bad}\n")).expect_err(bad);
+        assert!(err.to_string().contains("under connect_timeout"), "{err}");
+    }
+}

@@ -1,29 +1,35 @@
 //! The token cache: the only part of the token side on the connection hot path.
 //!
-//! One slot per [`TokenKey`]. A token is handed out until its refresh point
-//! (`valid_until - margin`, where `valid_until` is capped by the signing credentials' expiry).
-//! A background task per slot signs the next token one margin before that point, so after
-//! warm-up a connection never waits for signing or STS. A cold miss is single-flight: callers
-//! that queued behind an attempt take its outcome instead of trying again. When refreshing
-//! fails the current token is served while it is still valid, refreshes are retried with
-//! exponential backoff, and the failure is logged and counted. Slots unused for `idle_after`
-//! stop refreshing (the next request is a cold miss again).
+//! One slot per [`TokenKey`]. A request is answered from the slot whenever it holds a token
+//! still valid beyond a few seconds of safety (`valid_until` is capped by the signing
+//! credentials' expiry), so a login never waits for signing or STS while one exists. Past its
+//! refresh point (`valid_until - margin`) a token is still served, and a refresh starts behind
+//! it if none is running. Without a valid token the request is a cold miss: it starts an
+//! attempt unless one is in flight and waits a bounded time for that attempt's outcome
+//! (single flight: every waiter shares it). Attempts run in their own tasks, bounded by the
+//! credentials timeout, so a caller that gives up (a client that leaves) cancels nothing.
+//!
+//! Slots are bounded: a login takes a [`Lease`] on its slot and confirms it once the server
+//! accepted the token; a slot nobody confirmed goes away with its last lease (so user names
+//! no one may use never keep a slot). Only confirmed slots get a background refresher (see
+//! `cache_refresh.rs`), which signs the next token one margin before the refresh point,
+//! retries with backoff while refreshing fails, and removes its slot once unused for
+//! `idle_after`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::watch;
+
 use super::credentials::{CredentialSource, RoleSpec};
-use super::sign::{sign_token, AuthToken, TokenRequest, TOKEN_LIFETIME};
-use super::{Clock, TokenError};
+use super::sign::AuthToken;
+use super::{lock, Clock, TokenError};
 
 /// Tokens closer than this to the end of their validity are never handed out, even while
 /// refreshing fails: the server checks the token a few round trips later.
 const LAST_USE_SAFETY: Duration = Duration::from_secs(5);
-
-/// Background refreshes of one slot are at least this far apart.
-const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What a token is for. Two keys share a token only if all fields are equal.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -47,10 +53,15 @@ pub struct CacheSettings {
     pub margin: Duration,
     /// First retry delay after a failed refresh (default 1 s); doubles up to `retry_max`.
     pub retry_min: Duration,
-    /// Longest retry delay (default 30 s).
+    /// Longest retry delay while a valid token is still served (default 30 s).
     pub retry_max: Duration,
-    /// A slot not used for this long stops refreshing in the background (default 1 h).
+    /// Longest retry delay once no valid token is left (default 2 s).
+    pub retry_max_cold: Duration,
+    /// A confirmed slot not used for this long is removed (default 1 h).
     pub idle_after: Duration,
+    /// Longest wait of a cold miss for its attempt (default 7 s: the credentials timeout
+    /// plus slack; the attempt itself is bounded by the credentials timeout).
+    pub wait: Duration,
 }
 
 impl Default for CacheSettings {
@@ -59,7 +70,9 @@ impl Default for CacheSettings {
             margin: Duration::from_secs(60),
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(30),
+            retry_max_cold: Duration::from_secs(2),
             idle_after: Duration::from_secs(3600),
+            wait: super::DEFAULT_CREDENTIALS_TIMEOUT + Duration::from_secs(2),
         }
     }
 }
@@ -75,6 +88,8 @@ pub struct CacheStats {
     pub signings: u64,
     /// Failed signing attempts (credentials, STS).
     pub failures: u64,
+    /// Slots in the cache now.
+    pub slots: u64,
 }
 
 #[derive(Default)]
@@ -85,19 +100,23 @@ struct Counters {
     failures: AtomicU64,
 }
 
-#[derive(Default)]
 struct SlotState {
     token: Option<Arc<AuthToken>>,
     last_error: Option<TokenError>,
-    attempts: u64,
-    last_used: Option<SystemTime>,
+    /// An attempt is in flight.
+    attempting: bool,
+    last_used: SystemTime,
+    /// A login succeeded with this key: the slot stays (until idle) and is kept fresh.
+    confirmed: bool,
     refresher: bool,
+    /// Live leases.
+    leases: usize,
 }
 
-#[derive(Default)]
 struct Slot {
     state: Mutex<SlotState>,
-    fill: tokio::sync::Mutex<()>,
+    /// Bumped (under the state lock) each time an attempt ends.
+    done: watch::Sender<u64>,
 }
 
 struct Inner {
@@ -123,39 +142,6 @@ impl std::fmt::Debug for TokenCache {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding these locks cannot leave the data half-updated (plain stores).
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Slot {
-    /// The token if it may be handed out without refreshing.
-    fn fresh(&self, now: SystemTime, margin: Duration) -> Option<Arc<AuthToken>> {
-        let mut state = lock(&self.state);
-        state.last_used = Some(now);
-        state
-            .token
-            .as_ref()
-            .filter(|t| now + margin < t.valid_until())
-            .cloned()
-    }
-
-    /// The outcome of the latest attempt: a still-valid token, else its error.
-    fn outcome(&self, now: SystemTime) -> Result<Arc<AuthToken>, TokenError> {
-        let state = lock(&self.state);
-        match state.token.as_ref() {
-            Some(t) if now + LAST_USE_SAFETY < t.valid_until() => Ok(t.clone()),
-            _ => Err(state.last_error.clone().unwrap_or_else(|| {
-                TokenError::Sign("the token expired and no refresh has succeeded".into())
-            })),
-        }
-    }
-
-    fn attempts(&self) -> u64 {
-        lock(&self.state).attempts
-    }
-}
-
 impl TokenCache {
     /// A cache that signs with the given credential sources (one per role, `None` = no role).
     pub fn new(
@@ -175,30 +161,28 @@ impl TokenCache {
         }
     }
 
-    /// A token for `key`: from the cache when fresh, else signed now (single-flight).
+    /// A lease on `key`'s slot (made if missing) for one login.
+    pub fn lease(&self, key: TokenKey) -> Lease {
+        let mut slots = lock(&self.inner.slots);
+        let slot = slots
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Slot::new(self.inner.clock.now())))
+            .clone();
+        lock(&slot.state).leases += 1;
+        drop(slots);
+        Lease {
+            cache: self.clone(),
+            key,
+            slot,
+        }
+    }
+
+    /// A token for `key` whose slot is kept and refreshed (for callers that need no lease).
     pub async fn token(&self, key: &TokenKey) -> Result<Arc<AuthToken>, TokenError> {
-        let inner = &self.inner;
-        let slot = inner.slot(key);
-        if let Some(token) = slot.fresh(inner.clock.now(), inner.settings.margin) {
-            inner.counters.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(token);
-        }
-        inner.counters.misses.fetch_add(1, Ordering::Relaxed);
-        let seen = slot.attempts();
-        let _fill = slot.fill.lock().await;
-        let now = inner.clock.now();
-        if let Some(token) = slot.fresh(now, inner.settings.margin) {
-            return Ok(token);
-        }
-        if slot.attempts() != seen {
-            // Someone else attempted while we queued: share its outcome.
-            return slot.outcome(now);
-        }
-        let result = inner.refresh(key, &slot).await;
-        if result.is_ok() {
-            self.ensure_refresher(key, &slot);
-        }
-        result.or_else(|_| slot.outcome(inner.clock.now()))
+        let lease = self.lease(key.clone());
+        let token = lease.token().await?;
+        lease.confirm();
+        Ok(token)
     }
 
     /// Forgets the token for `key`, e.g. after the server refused it; the next request signs.
@@ -216,7 +200,13 @@ impl TokenCache {
             misses: c.misses.load(Ordering::Relaxed),
             signings: c.signings.load(Ordering::Relaxed),
             failures: c.failures.load(Ordering::Relaxed),
+            slots: self.slot_count() as u64,
         }
+    }
+
+    /// How many slots the cache holds now.
+    pub fn slot_count(&self) -> usize {
+        lock(&self.inner.slots).len()
     }
 
     /// For each credential source (by role ARN, `None` for the default chain), when its
@@ -238,74 +228,42 @@ impl TokenCache {
     pub fn now(&self) -> SystemTime {
         self.inner.clock.now()
     }
+}
 
-    fn ensure_refresher(&self, key: &TokenKey, slot: &Arc<Slot>) {
-        {
-            let mut state = lock(&slot.state);
-            if state.refresher {
-                return;
-            }
-            state.refresher = true;
+impl Slot {
+    fn new(now: SystemTime) -> Self {
+        Self {
+            state: Mutex::new(SlotState {
+                token: None,
+                last_error: None,
+                attempting: false,
+                last_used: now,
+                confirmed: false,
+                refresher: false,
+                leases: 0,
+            }),
+            done: watch::Sender::new(0),
         }
-        let inner = Arc::downgrade(&self.inner);
-        let weak_slot = Arc::downgrade(slot);
-        tokio::spawn(refresh_loop(inner, key.clone(), weak_slot));
+    }
+
+    /// The outcome of the latest attempt: a still-valid token, else its error.
+    fn outcome(&self, now: SystemTime) -> Result<Arc<AuthToken>, TokenError> {
+        let state = lock(&self.state);
+        match state.token.as_ref() {
+            Some(t) if now + LAST_USE_SAFETY < t.valid_until() => Ok(t.clone()),
+            _ => Err(state.last_error.clone().unwrap_or_else(|| {
+                TokenError::Sign("the token expired and no refresh has succeeded".into())
+            })),
+        }
     }
 }
 
-impl Inner {
-    fn slot(&self, key: &TokenKey) -> Arc<Slot> {
-        let mut slots = lock(&self.slots);
-        if let Some(slot) = slots.get(key) {
-            return slot.clone();
-        }
-        slots.entry(key.clone()).or_default().clone()
-    }
-
-    /// Signs a new token for `key` and stores it (or the error) in `slot`.
-    /// Callers hold `slot.fill`.
-    async fn refresh(&self, key: &TokenKey, slot: &Slot) -> Result<Arc<AuthToken>, TokenError> {
-        let result = self.sign(key).await.map(Arc::new);
-        let mut state = lock(&slot.state);
-        state.attempts += 1;
-        match &result {
-            Ok(token) => {
-                self.counters.signings.fetch_add(1, Ordering::Relaxed);
-                state.token = Some(token.clone());
-                state.last_error = None;
-            }
-            Err(e) => {
-                self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(host = %key.host, port = key.port, user = %key.user,
-                    error = %e, "IAM token refresh failed");
-                state.last_error = Some(e.clone());
-            }
-        }
-        result
-    }
-
-    async fn sign(&self, key: &TokenKey) -> Result<AuthToken, TokenError> {
-        let source = self.sources.get(&key.role).ok_or_else(|| {
-            TokenError::UnknownRole(key.role.as_ref().map_or("(none)", |r| &r.arn).to_owned())
-        })?;
-        let now = self.clock.now();
-        // Credentials must outlive the token's background refresh point, or the refresh
-        // would sign again with the same, soon-expiring credentials.
-        let needed_until = now + TOKEN_LIFETIME;
-        let creds = source.credentials(now, needed_until).await?;
-        let request = TokenRequest {
-            host: &key.host,
-            port: key.port,
-            user: &key.user,
-            region: &key.region,
-        };
-        sign_token(&creds, &request, now).map_err(|e| TokenError::Sign(e.to_string()))
-    }
-}
+#[path = "cache_lease.rs"]
+mod lease;
+pub use lease::Lease;
 
 #[path = "cache_refresh.rs"]
 mod refresh;
-use refresh::refresh_loop;
 
 #[cfg(test)]
 #[path = "cache_tests.rs"]

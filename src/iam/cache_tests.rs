@@ -27,6 +27,7 @@ struct TestProvider {
     clock: TokioClock,
     calls: Arc<AtomicU64>,
     failing: Arc<AtomicBool>,
+    hanging: Arc<AtomicBool>,
     delay: Duration,
     lifetime: Option<Duration>,
 }
@@ -39,6 +40,9 @@ impl ProvideCredentials for TestProvider {
         future::ProvideCredentials::new(async move {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             sleep(self.delay).await;
+            if self.hanging.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
             if self.failing.load(Ordering::SeqCst) {
                 return Err(CredentialsError::provider_error("STS is down (test)"));
             }
@@ -68,10 +72,14 @@ fn bed(lifetime: Option<Duration>, delay: Duration) -> Bed {
         clock: clock.clone(),
         calls: Arc::default(),
         failing: Arc::default(),
+        hanging: Arc::default(),
         delay,
         lifetime,
     };
-    let source = CredentialSource::new(Some(SharedCredentialsProvider::new(provider.clone())));
+    let source = CredentialSource::new(
+        Some(SharedCredentialsProvider::new(provider.clone())),
+        crate::iam::DEFAULT_CREDENTIALS_TIMEOUT,
+    );
     let sources = HashMap::from([(None, Arc::new(source))]);
     let cache = TokenCache::new(sources, CacheSettings::default(), Arc::new(clock));
     Bed { cache, provider }
@@ -203,15 +211,105 @@ async fn serves_the_valid_token_while_sts_fails_and_recovers() {
     let still = b.cache.token(&key()).await.expect("still valid");
     assert!(Arc::ptr_eq(&first, &still));
     assert!(b.cache.stats().failures > failures, "retried with backoff");
-    // Nothing valid left: the error says why.
+    // The token expired, the credentials did not: a token they sign is served at once.
     sleep(Duration::from_secs(50)).await;
+    let short = b
+        .cache
+        .token(&key())
+        .await
+        .expect("signed with the old credentials");
+    assert_eq!(
+        short.valid_until(),
+        first.signed_at() + Duration::from_secs(1000)
+    );
+    // Nothing valid left: the error says why.
+    sleep(Duration::from_secs(100)).await;
     let err = b.cache.token(&key()).await.expect_err("expired");
     assert!(err.to_string().contains("STS is down (test)"), "{err}");
-    // STS recovers: the next retry (at most 30 s away) restores service without a caller.
+    // STS recovers: the next retry (at most 2 s away without a valid token) restores
+    // service without a caller.
     b.provider.failing.store(false, Ordering::SeqCst);
-    sleep(Duration::from_secs(31)).await;
+    sleep(Duration::from_secs(3)).await;
     let misses = b.cache.stats().misses;
     let fresh = b.cache.token(&key()).await.expect("recovered");
     assert!(!Arc::ptr_eq(&first, &fresh));
     assert_eq!(b.cache.stats().misses, misses, "served from the cache");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_sts_never_blocks_a_token_that_is_still_valid() {
+    // Credentials for 300 s: the token's refresh point is at 240 s, it is valid until 300 s.
+    let b = bed(Some(Duration::from_secs(300)), Duration::ZERO);
+    let first = b.cache.token(&key()).await.expect("token");
+    b.provider.hanging.store(true, Ordering::SeqCst);
+    sleep(Duration::from_secs(250)).await;
+    // The background refresh hangs on STS; past the refresh point the token is served at
+    // once (no virtual time passes), with the refresh still in flight.
+    let started = Instant::now();
+    for _ in 0..10 {
+        let again = b.cache.token(&key()).await.expect("still valid");
+        assert!(Arc::ptr_eq(&first, &again));
+    }
+    assert_eq!(started.elapsed(), Duration::ZERO, "no caller waited");
+    assert!(calls(&b) >= 2, "a refresh is running behind");
+    let stats = b.cache.stats();
+    assert_eq!(stats.misses, 1, "only the first request missed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cold_miss_on_a_hanging_sts_fails_within_the_bound_and_recovers() {
+    let b = bed(Some(Duration::from_secs(3600)), Duration::ZERO);
+    b.provider.hanging.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let waiters: Vec<_> = (0..20)
+        .map(|_| {
+            let cache = b.cache.clone();
+            tokio::spawn(async move { cache.token(&key()).await })
+        })
+        .collect();
+    for w in waiters {
+        let err = w.await.expect("join").expect_err("STS hangs");
+        let text = err.to_string();
+        assert!(text.contains("did not answer within 5s"), "{text}");
+        assert!(!text.contains('\n'), "{text}");
+    }
+    assert!(
+        started.elapsed() <= crate::iam::DEFAULT_CREDENTIALS_TIMEOUT + Duration::from_millis(1)
+    );
+    assert_eq!(calls(&b), 1, "one attempt for all waiters");
+    // STS answers again: a cold miss with no attempt in flight starts a new one.
+    b.provider.hanging.store(false, Ordering::SeqCst);
+    sleep(Duration::from_secs(1)).await;
+    b.cache
+        .token(&key())
+        .await
+        .expect("recovered without a restart");
+    assert_eq!(calls(&b), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unconfirmed_slots_leave_with_their_lease_and_idle_slots_are_removed() {
+    let b = bed(None, Duration::ZERO);
+    for i in 0..1000 {
+        let mut k = key();
+        k.user = format!("nobody_{i}");
+        let lease = b.cache.lease(k);
+        lease.token().await.expect("token");
+        // The login failed: the lease is dropped unconfirmed.
+    }
+    assert_eq!(b.cache.slot_count(), 0, "no slot outlives its failed login");
+    // Two logins share a slot; it stays while either holds it.
+    let one = b.cache.lease(key());
+    let two = b.cache.lease(key());
+    one.token().await.expect("token");
+    drop(one);
+    assert_eq!(b.cache.slot_count(), 1);
+    two.confirm();
+    drop(two);
+    assert_eq!(b.cache.slot_count(), 1, "a confirmed slot stays");
+    // Unused for idle_after (1 h), it is removed by its refresher.
+    sleep(Duration::from_secs(3600 + 900)).await;
+    assert_eq!(b.cache.slot_count(), 0, "the idle slot was removed");
+    b.cache.token(&key()).await.expect("a cold miss again");
+    assert_eq!(b.cache.slot_count(), 1);
 }

@@ -3,19 +3,28 @@
 //!
 //! A [`CredentialSource`] keeps the last credentials it got and reuses them while they last
 //! as long as the caller needs, so signing many tokens costs at most one provider call (one
-//! STS call for a role) per credential lifetime. Concurrent callers share one fetch.
+//! STS call for a role) per credential lifetime. Every provider call is bounded twice: the
+//! SDK's own timeouts ([`sdk_timeouts`]) and a tokio timeout around the call. Concurrent
+//! callers share one fetch and its outcome (see `credentials_fetch.rs`).
 
 use std::fmt;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use aws_config::sts::AssumeRoleProvider;
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::Credentials;
-use aws_smithy_types::error::display::DisplayErrorContext;
-use tokio::sync::Mutex;
 
 use super::TokenError;
+
+#[path = "credentials_fetch.rs"]
+mod fetch;
+use fetch::Fetcher;
+
+/// Default bound on one credential provider call (STS AssumeRole included).
+pub const DEFAULT_CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An IAM role to assume before signing.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -42,11 +51,31 @@ impl fmt::Debug for RoleSpec {
     }
 }
 
+/// The SDK timeouts for calls to AWS (STS, and the credential chain's own STS calls):
+/// connect within at most 3.1 s, each attempt and the whole operation within `timeout`.
+pub fn sdk_timeouts(timeout: Duration) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(timeout.min(Duration::from_millis(3100)))
+        .operation_attempt_timeout(timeout)
+        .operation_timeout(timeout)
+        .build()
+}
+
+/// `sdk` with [`sdk_timeouts`] applied (for configurations loaded elsewhere, e.g. in tests).
+pub fn with_timeouts(sdk: &SdkConfig, timeout: Duration) -> SdkConfig {
+    sdk.to_builder()
+        .timeout_config(sdk_timeouts(timeout))
+        .build()
+}
+
 /// Loads the AWS SDK configuration once (env, profiles incl. SSO, web identity, container and
-/// instance metadata credentials, `AWS_ENDPOINT_URL*` overrides). `fallback_region` is used
-/// for STS only when the environment names no region.
-pub async fn load_sdk_config(fallback_region: Option<&str>) -> SdkConfig {
-    let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
+/// instance metadata credentials, `AWS_ENDPOINT_URL*` overrides), with [`sdk_timeouts`].
+/// `fallback_region` is used for STS only when the environment names no region.
+pub async fn load_sdk_config(fallback_region: Option<&str>, timeout: Duration) -> SdkConfig {
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(sdk_timeouts(timeout))
+        .load()
+        .await;
     match (sdk.region(), fallback_region) {
         (None, Some(region)) => sdk
             .into_builder()
@@ -56,11 +85,40 @@ pub async fn load_sdk_config(fallback_region: Option<&str>) -> SdkConfig {
     }
 }
 
+/// The STS endpoint the SDK will call for `sdk`: an `AWS_ENDPOINT_URL[_STS]` override, else
+/// the regional endpoint (for messages only).
+async fn sts_endpoint(sdk: &SdkConfig) -> String {
+    use aws_sdk_sts::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
+    use aws_types::service_config::ServiceConfigKey;
+    let from_service = || {
+        let key = ServiceConfigKey::builder()
+            .service_id("STS")
+            .env("AWS_ENDPOINT_URL")
+            .profile("endpoint_url")
+            .build()
+            .ok()?;
+        sdk.service_config()?.load_config(key)
+    };
+    let explicit = if sdk.get_origin("endpoint_url").is_client_config() {
+        sdk.endpoint_url().map(str::to_owned)
+    } else {
+        from_service().or_else(|| sdk.endpoint_url().map(str::to_owned))
+    };
+    if let Some(url) = explicit {
+        return url;
+    }
+    let region = sdk.region().map(|r| r.to_string());
+    let resolved = match Params::builder().set_region(region).build() {
+        Ok(params) => DefaultResolver::new().resolve_endpoint(&params).await.ok(),
+        Err(_) => None,
+    };
+    resolved.map_or_else(|| "the STS endpoint".to_owned(), |e| e.url().to_owned())
+}
+
 /// Where credentials come from, and the last ones it produced.
 pub struct CredentialSource {
     role: Option<String>,
-    provider: Option<SharedCredentialsProvider>,
-    cached: Mutex<Option<Credentials>>,
+    fetcher: Arc<Fetcher>,
 }
 
 impl fmt::Debug for CredentialSource {
@@ -72,23 +130,25 @@ impl fmt::Debug for CredentialSource {
 }
 
 impl CredentialSource {
-    /// Wraps any credentials provider (the SDK chain, or a fixed one in tests).
-    pub fn new(provider: Option<SharedCredentialsProvider>) -> Self {
+    /// Wraps any credentials provider (the SDK chain, or a fixed one in tests); each call to
+    /// it is bounded by `timeout`.
+    pub fn new(provider: Option<SharedCredentialsProvider>, timeout: Duration) -> Self {
         Self {
             role: None,
-            provider,
-            cached: Mutex::new(None),
+            fetcher: Fetcher::new(provider, timeout, None),
         }
     }
 
     /// The SDK's default chain, from a loaded [`SdkConfig`].
-    pub fn from_sdk(sdk: &SdkConfig) -> Self {
-        Self::new(sdk.credentials_provider())
+    pub fn from_sdk(sdk: &SdkConfig, timeout: Duration) -> Self {
+        Self::new(sdk.credentials_provider(), timeout)
     }
 
-    /// Assumes `role` with the SDK's credentials (aws-config's `AssumeRoleProvider`).
-    pub async fn assume_role(sdk: &SdkConfig, role: &RoleSpec) -> Self {
-        let mut builder = AssumeRoleProvider::builder(role.arn.clone()).configure(sdk);
+    /// Assumes `role` with the SDK's credentials (aws-config's `AssumeRoleProvider`), the STS
+    /// call bounded by `timeout` (set on the SDK client and around the call).
+    pub async fn assume_role(sdk: &SdkConfig, role: &RoleSpec, timeout: Duration) -> Self {
+        let sdk = with_timeouts(sdk, timeout);
+        let mut builder = AssumeRoleProvider::builder(role.arn.clone()).configure(&sdk);
         if let Some(name) = &role.session_name {
             builder = builder.session_name(name.clone());
         }
@@ -96,26 +156,16 @@ impl CredentialSource {
             builder = builder.external_id(id.clone());
         }
         let provider = SharedCredentialsProvider::new(builder.build().await);
+        let service = format!("STS at {}", sts_endpoint(&sdk).await);
         Self {
             role: Some(role.arn.clone()),
-            provider: Some(provider),
-            cached: Mutex::new(None),
-        }
-    }
-
-    fn error(&self, detail: String) -> TokenError {
-        match &self.role {
-            Some(role) => TokenError::AssumeRole {
-                role: role.clone(),
-                detail,
-            },
-            None => TokenError::Credentials { detail },
+            fetcher: Fetcher::new(Some(provider), timeout, Some((role.arn.clone(), service))),
         }
     }
 
     /// The underlying provider (e.g. for an STS GetCallerIdentity check).
     pub fn provider(&self) -> Option<SharedCredentialsProvider> {
-        self.provider.clone()
+        self.fetcher.provider()
     }
 
     /// The role ARN this source assumes, if any.
@@ -123,86 +173,27 @@ impl CredentialSource {
         self.role.as_deref()
     }
 
-    /// Expiry of the credentials in use, if they expire; `None` also while a fetch is running.
+    /// Expiry of the credentials in use, if they expire.
     pub fn expiry(&self) -> Option<SystemTime> {
-        self.cached.try_lock().ok()?.as_ref()?.expiry()
+        self.fetcher.cached()?.expiry()
     }
 
-    /// Credentials valid beyond `needed_until` when the provider has such; the cached ones
-    /// are reused while they are. Fails only when none are available or they expired by `now`.
+    /// Credentials valid beyond `wanted_until` when the provider has such; the cached ones
+    /// are reused while they are. Cached credentials that are still valid beyond
+    /// `usable_until` are returned at once while a fetch runs in the background; otherwise
+    /// the caller waits for the (shared, bounded) fetch. Fails when none are available.
     pub async fn credentials(
         &self,
         now: SystemTime,
-        needed_until: SystemTime,
+        wanted_until: SystemTime,
+        usable_until: SystemTime,
     ) -> Result<Credentials, TokenError> {
-        let mut cached = self.cached.lock().await;
-        let fresh = |c: &Credentials| c.expiry().is_none_or(|e| e > needed_until);
-        if let Some(creds) = cached.as_ref().filter(|c| fresh(c)) {
-            return Ok(creds.clone());
-        }
-        let provider = self.provider.as_ref().ok_or_else(|| {
-            self.error(
-                "no credentials found in the AWS credential chain (environment, profile, SSO, \
-                 web identity, container or instance metadata)"
-                    .to_owned(),
-            )
-        })?;
-        let creds = provider
-            .provide_credentials()
+        self.fetcher
+            .credentials(now, wanted_until, usable_until)
             .await
-            .map_err(|e| self.error(DisplayErrorContext(&e).to_string()))?;
-        if let Some(expiry) = creds.expiry().filter(|e| *e <= now) {
-            return Err(self.error(format!(
-                "the credentials expired at {}; refresh them (e.g. `aws sso login`)",
-                humantime::format_rfc3339_seconds(expiry)
-            )));
-        }
-        *cached = Some(creds.clone());
-        Ok(creds)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn debug_output_shows_no_secret() {
-        let role = RoleSpec {
-            arn: "arn:aws:iam::123456789012:role/r".into(),
-            session_name: Some("s".into()),
-            external_id: Some("shared-external-secret".into()),
-        };
-        let creds = Credentials::new(
-            "AKIDEXAMPLE",
-            "very-secret-key",
-            Some("session-tok".into()),
-            None,
-            "t",
-        );
-        let source = CredentialSource::new(Some(SharedCredentialsProvider::new(creds.clone())));
-        let now = SystemTime::now();
-        let got = source.credentials(now, now).await.expect("credentials");
-        let shown = format!("{role:?} {source:?} {got:?} {creds:?}");
-        for secret in ["shared-external-secret", "very-secret-key", "session-tok"] {
-            assert!(!shown.contains(secret), "{secret} in {shown}");
-        }
-        assert!(shown.contains("arn:aws:iam::123456789012:role/r"));
-    }
-
-    #[tokio::test]
-    async fn no_provider_and_expired_credentials_say_why() {
-        let now = SystemTime::now();
-        let none = CredentialSource::new(None);
-        let err = none
-            .credentials(now, now)
-            .await
-            .expect_err("no credentials");
-        assert!(err.to_string().contains("no credentials found"), "{err}");
-        let past = now - std::time::Duration::from_secs(5);
-        let expired = Credentials::new("AKID", "secret", None, Some(past), "t");
-        let source = CredentialSource::new(Some(SharedCredentialsProvider::new(expired)));
-        let err = source.credentials(now, now).await.expect_err("expired");
-        assert!(err.to_string().contains("expired at"), "{err}");
-    }
-}
+#[path = "credentials_tests.rs"]
+mod tests;

@@ -2,6 +2,7 @@
 //! IAM token checking through PAM) and the proxy, in-process or as the real binary.
 #![allow(dead_code)]
 
+pub mod fault;
 pub mod freeze;
 pub mod running;
 
