@@ -24,7 +24,7 @@ use crate::iam::{
     SystemClock, TokenCache,
 };
 use crate::server::{self, Listener, RunReport};
-use crate::session::TargetContext;
+use crate::target::TargetContext;
 use crate::upstream::connect::Endpoint;
 use crate::upstream::tls::client_config;
 

@@ -12,9 +12,10 @@ use aws_config::SdkConfig;
 use crate::app::{self, Contexts};
 use crate::config::{self, Config, FileConfig};
 use crate::iam::{load_sdk_config, SystemClock, TokenCache};
-use crate::session::{login_check, TargetContext};
 use crate::setup::whoami::caller_identity;
+use crate::target::TargetContext;
 use crate::upstream::connect::connect;
+use crate::upstream::login::check as login_check;
 
 /// What to check besides the configuration.
 #[derive(Debug, Clone, Default)]

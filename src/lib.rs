@@ -15,9 +15,11 @@
 //!
 //! The token side ([`iam`]) knows nothing about sockets: credentials -> signer -> cache.
 //!
-//! Modules: [`cli`], [`commands`] and [`app`] (start-up), [`config`], [`server`],
-//! [`session`], [`client`], [`upstream`], [`relay`], [`cancel`], [`startup`], [`wire`], [`error`], [`fds`], [`gate`], [`iam`],
-//! [`logging`].
+//! Modules: [`cli`], [`commands`] and [`app`] (start-up), [`config`], [`server`] (accept,
+//! drain), [`target`] (one target's shared context), [`session`] (the stages above, nothing
+//! else), [`client`], [`startup`], [`upstream`] (connect, TLS, auth, and [`upstream::login`]:
+//! a server connection for no client in particular), [`gate`] (the login queue), [`relay`],
+//! [`cancel`], [`wire`], [`error`], [`fds`], [`iam`], [`logging`].
 
 pub mod app;
 pub mod cancel;
@@ -39,6 +41,7 @@ pub mod server;
 pub mod session;
 pub mod setup;
 pub mod startup;
+pub mod target;
 pub mod upstream;
 pub mod wait;
 pub mod wire;

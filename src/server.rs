@@ -20,7 +20,8 @@ use crate::client;
 use crate::error::{sqlstate, ClientError};
 use crate::fds::{self, Spare};
 use crate::metrics::FdUse;
-use crate::session::{self, TargetContext};
+use crate::session;
+use crate::target::TargetContext;
 use crate::upstream::connect::tune_socket;
 
 /// A bound listener.

@@ -1,0 +1,193 @@
+//! Logging in upstream for no client in particular: a token from the cache (one retry with a
+//! fresh token when the server refuses a cached one), TCP + TLS, and the login, which yields a
+//! [`ServerConn`]: the stream, the address it reached, the server's parameters and key.
+//! [`open_gated`] adds the login gate and the connect timeout; [`check`] is `check --login`.
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+use pgwire::messages::response::ErrorResponse;
+use tokio::io::AsyncWriteExt;
+use tokio::time::timeout;
+
+use crate::client::StartupInfo;
+use crate::error::{sqlstate, ClientError};
+use crate::iam::{partition, TokenKey};
+use crate::metrics::FdUse;
+use crate::target::TargetContext;
+use crate::upstream::auth::{login, startup_packet, AuthError, Login, ServerError};
+use crate::upstream::connect::{connect, UpstreamStream};
+use crate::wire;
+
+/// A logged-in server connection.
+#[derive(Debug)]
+pub struct ServerConn {
+    /// The TLS stream.
+    pub stream: UpstreamStream,
+    /// The address it reached (cancel requests go there).
+    pub addr: std::net::SocketAddr,
+    /// What the login collected: parameters, key, ReadyForQuery.
+    pub login: Login,
+    /// When the login completed.
+    pub created: Instant,
+}
+
+/// Why no server connection was opened.
+#[derive(Debug)]
+pub enum Failure {
+    /// Our own error for the client, with a short reason for metrics.
+    Client(ClientError, &'static str),
+    /// The server's ErrorResponse, to relay verbatim, with a short reason.
+    Server(BytesMut, &'static str),
+}
+
+/// Waits for a login slot (in arrival order, bounded), then connects and logs in within the
+/// connect timeout. Returns the connection and when its connect started.
+pub async fn open_gated(
+    ctx: &TargetContext,
+    user: String,
+    info: &StartupInfo,
+) -> Result<(ServerConn, Instant), Failure> {
+    let _slot = ctx
+        .logins
+        .enter()
+        .await
+        .map_err(|e| Failure::Client(e.to_client(), "queue_timeout"))?;
+    let started = Instant::now();
+    match timeout(ctx.settings.connect_timeout, open(ctx, user, info)).await {
+        Ok(opened) => opened.map(|o| (o, started)),
+        Err(_) => Err(Failure::Client(
+            ClientError::new(
+                sqlstate::UNABLE_TO_CONNECT,
+                format!(
+                    "pg-iam-proxy: timeout connecting to {}:{} after {:?}",
+                    ctx.endpoint.host, ctx.endpoint.port, ctx.settings.connect_timeout
+                ),
+            ),
+            "timeout",
+        )),
+    }
+}
+
+/// Logs in upstream as `user` to `database` and closes again: the `check` command's login.
+pub async fn check(ctx: &TargetContext, user: &str, database: &str) -> Result<(), String> {
+    let info = StartupInfo {
+        user: user.to_owned(),
+        database: database.to_owned(),
+        params: vec![("application_name".into(), "pg-iam-proxy check".into())],
+    };
+    match timeout(
+        ctx.settings.connect_timeout,
+        open(ctx, user.to_owned(), &info),
+    )
+    .await
+    {
+        Ok(Ok(mut opened)) => {
+            let _ = opened.stream.shutdown().await;
+            Ok(())
+        }
+        Ok(Err(Failure::Client(e, _))) => Err(e.to_string()),
+        Ok(Err(Failure::Server(frame, _))) => Err(
+            match wire::decode::<ErrorResponse>(frame, "ErrorResponse") {
+                Ok(e) => e
+                    .fields
+                    .iter()
+                    .filter(|(k, _)| matches!(k, b'C' | b'M' | b'H'))
+                    .map(|(_, v)| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+                Err(_) => "the server refused the login".to_owned(),
+            },
+        ),
+        Err(_) => Err(format!("timeout after {:?}", ctx.settings.connect_timeout)),
+    }
+}
+
+/// Logs in as `user` with what `info` asks for (database, parameters).
+pub async fn open(
+    ctx: &TargetContext,
+    user: String,
+    info: &StartupInfo,
+) -> Result<ServerConn, Failure> {
+    let key = TokenKey {
+        host: ctx.endpoint.host.clone(),
+        port: ctx.endpoint.port,
+        user,
+        region: ctx.region.clone(),
+        role: ctx.role.clone(),
+    };
+    // Dropped unconfirmed (a failed or abandoned login), the lease frees the cache slot.
+    let lease = ctx.cache.lease(key.clone());
+    let user = key.user.as_str();
+    let startup = startup_packet(user, info).map_err(|e| {
+        let e = ClientError::new(sqlstate::PROTOCOL_VIOLATION, format!("pg-iam-proxy: {e}"));
+        Failure::Client(e, "startup_too_long")
+    })?;
+    for attempt in 0..2 {
+        let token = lease.token().await.map_err(|e| {
+            let message = format!("pg-iam-proxy: no IAM auth token for {user}: {e}");
+            Failure::Client(
+                ClientError::new(sqlstate::INVALID_AUTHORIZATION, message),
+                "token",
+            )
+        })?;
+        let (mut stream, addr) = connect(&ctx.endpoint).await.map_err(|e| {
+            if e.is_out_of_fds() {
+                ctx.metrics.all.fd_exhausted(FdUse::Upstream);
+            }
+            Failure::Client(e.to_client(), e.reason())
+        })?;
+        match login(&mut stream, user, &startup, token.expose()).await {
+            Ok(login) => {
+                lease.confirm();
+                return Ok(ServerConn {
+                    stream,
+                    addr,
+                    login,
+                    created: Instant::now(),
+                });
+            }
+            Err(AuthError::Refused(e)) if attempt == 0 => {
+                tracing::info!(code = %e.code, "login with a cached token refused; retrying with a new token");
+                lease.invalidate();
+            }
+            Err(AuthError::Refused(e)) => {
+                return Err(Failure::Server(with_hint(ctx, user, e), "refused"))
+            }
+            Err(AuthError::Server(e)) => return Err(Failure::Server(e.frame, "server")),
+            Err(other) => return Err(Failure::Client(other.to_client(), other.reason())),
+        }
+    }
+    let refused = ClientError::new(
+        sqlstate::INVALID_AUTHORIZATION,
+        "pg-iam-proxy: login refused",
+    );
+    Err(Failure::Client(refused, "refused"))
+}
+
+/// The server's refusal, verbatim, plus a hint of what to check when it has none.
+fn with_hint(ctx: &TargetContext, user: &str, e: ServerError) -> BytesMut {
+    tracing::warn!(code = %e.code, message = %e.message, "upstream refused the IAM token twice");
+    let Ok(mut parsed) = wire::decode::<ErrorResponse>(e.frame.clone(), "ErrorResponse") else {
+        return e.frame;
+    };
+    if !parsed.fields.iter().any(|(k, _)| *k == b'H') {
+        parsed.fields.push((
+            b'H',
+            format!(
+                "pg-iam-proxy signed a fresh IAM token for user \"{user}\" in region {}. Check: \
+                 the user is granted rds_iam; IAM auth is enabled on the cluster; the IAM \
+                 policy allows rds-db:connect on arn:{}:rds-db:{}:<account>:dbuser:<resource-id>/{user}; \
+                 the region is the database's; this machine's clock is correct.",
+                ctx.region,
+                partition(&ctx.region),
+                ctx.region
+            ),
+        ));
+    }
+    let mut buf = BytesMut::new();
+    match wire::encode(&parsed, "ErrorResponse", &mut buf) {
+        Ok(()) => buf,
+        Err(_) => e.frame, // the hint made it too long: the server's error as it was
+    }
+}
