@@ -52,11 +52,11 @@ impl fmt::Debug for RoleSpec {
 }
 
 /// The SDK timeouts for calls to AWS (STS, and the credential chain's own STS calls):
-/// connect within at most 3.1 s, each attempt and the whole operation within `timeout`.
+/// connect within at most 3.1 s, the whole operation (retries included) within `timeout`.
+/// A silent attempt is not retried: it uses up the operation's time.
 pub fn sdk_timeouts(timeout: Duration) -> TimeoutConfig {
     TimeoutConfig::builder()
         .connect_timeout(timeout.min(Duration::from_millis(3100)))
-        .operation_attempt_timeout(timeout)
         .operation_timeout(timeout)
         .build()
 }
