@@ -86,6 +86,8 @@ struct State {
 pub(super) struct Entry {
     target: CancelTarget,
     state: Mutex<State>,
+    /// Woken whenever a forward of this key stops running.
+    settled: tokio::sync::Notify,
 }
 
 impl Entry {
@@ -93,6 +95,7 @@ impl Entry {
         Self {
             target,
             state: Mutex::default(),
+            settled: tokio::sync::Notify::new(),
         }
     }
 
@@ -120,6 +123,8 @@ impl Entry {
         let mut s = self.lock();
         if s.closed {
             s.busy = false;
+            drop(s);
+            self.settled.notify_waiters();
             return false;
         }
         s.again = false;
@@ -133,6 +138,10 @@ impl Entry {
         let again = s.again && !s.closed;
         s.busy = again;
         s.again = false;
+        drop(s);
+        if !again {
+            self.settled.notify_waiters();
+        }
         again
     }
 
@@ -141,6 +150,22 @@ impl Entry {
         let mut s = self.lock();
         s.busy = false;
         s.again = false;
+        drop(s);
+        self.settled.notify_waiters();
+    }
+
+    /// Waits until no forward of this key is running (the caller closed the entry first, so
+    /// none starts after).
+    pub(super) async fn settled(&self) {
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.lock().busy {
+                return;
+            }
+            notified.await;
+        }
     }
 
     fn earliest_start(&self, spacing: Duration) -> Option<Instant> {

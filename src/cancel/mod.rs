@@ -63,6 +63,23 @@ pub struct CancelGuard {
     pub key: (i32, i32),
 }
 
+impl CancelGuard {
+    /// Unregisters the key now and waits (at most the forward timeout) until no cancel
+    /// forward for it is running. A server connection goes back to a pool only after this: a
+    /// cancel that reaches an idle backend is a no-op in PostgreSQL, one that arrived after
+    /// the next client's query started would cancel that query.
+    pub async fn release(self) {
+        let entry = self.map.lock().remove(&self.key);
+        if let Some(entry) = entry {
+            entry.close();
+            let limit = self.map.limits.timeout + self.map.limits.spacing;
+            if tokio::time::timeout(limit, entry.settled()).await.is_err() {
+                tracing::warn!("a cancel forward outlived its timeout at release");
+            }
+        }
+    }
+}
+
 impl Drop for CancelGuard {
     fn drop(&mut self) {
         if let Some(entry) = self.map.lock().remove(&self.key) {

@@ -130,3 +130,29 @@ async fn a_session_that_ended_gets_no_more_forwards() {
     assert_eq!(*outcomes.lock().unwrap(), [CancelOutcome::UnknownKey]);
     assert_eq!(accepted.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn release_waits_for_the_forward_in_flight_and_stops_new_ones() {
+    let (addr, accepted) = frozen_server().await;
+    let map = Arc::new(CancelMap::new(limits(8)));
+    let guard = map.register(target(addr, 9));
+    let req = request(guard.key);
+    let forwarding = tokio::spawn({
+        let (map, key) = (map.clone(), guard.key);
+        async move { map.forward(&request(key), |_| {}).await }
+    });
+    while accepted.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    // The forward is stuck at the frozen server; release must not return before it ends.
+    guard.release().await;
+    assert!(
+        forwarding.is_finished(),
+        "release returned while a cancel forward for the key was still running"
+    );
+    let outcomes = Mutex::new(Vec::new());
+    map.forward(&req, |o| outcomes.lock().unwrap().push(o))
+        .await;
+    assert_eq!(*outcomes.lock().unwrap(), [CancelOutcome::UnknownKey]);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
