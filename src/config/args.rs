@@ -67,6 +67,44 @@ pub struct TargetArgs {
     /// External ID required by the role's trust policy.
     #[arg(long, env = "PG_IAM_PROXY_EXTERNAL_ID", value_name = "ID")]
     pub external_id: Option<String>,
+    /// Server connections: `session` reuses them across client sessions, `none` logs in
+    /// anew for every client [default: session].
+    #[arg(long, env = "PG_IAM_PROXY_POOL_MODE", value_enum)]
+    pub pool_mode: Option<PoolMode>,
+    /// Server connections per pool (target, user, database, options) [default: 50].
+    #[arg(long, env = "PG_IAM_PROXY_POOL_SIZE", value_name = "N")]
+    pub pool_size: Option<usize>,
+    /// Server connections per pool kept open and idle, ready for the next client [default: 0].
+    #[arg(long, env = "PG_IAM_PROXY_POOL_MIN_IDLE", value_name = "N")]
+    pub pool_min_idle: Option<usize>,
+    /// Idle server connections beyond the minimum are closed after this long [default: 600s].
+    #[arg(long, env = "PG_IAM_PROXY_SERVER_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub server_idle_timeout: Option<Duration>,
+    /// No server connection older than this is handed out; it is closed instead [default: 3600s].
+    #[arg(long, env = "PG_IAM_PROXY_SERVER_LIFETIME", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub server_lifetime: Option<Duration>,
+    /// Run on a server connection before the next client gets it [default: DISCARD ALL].
+    #[arg(long, env = "PG_IAM_PROXY_SERVER_RESET_QUERY", value_name = "SQL")]
+    pub server_reset_query: Option<String>,
+    /// How long a client waits for a server connection of a full pool before it gets
+    /// SQLSTATE 53300 [default: 60s].
+    #[arg(long, env = "PG_IAM_PROXY_POOL_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde")]
+    pub pool_timeout: Option<Duration>,
+}
+
+/// How server connections are shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoolMode {
+    /// A fresh upstream login for every client session.
+    None,
+    /// A server connection serves one client session at a time, then is reset and reused.
+    Session,
+    /// A server connection serves one transaction at a time (not yet available).
+    Transaction,
 }
 
 impl TargetArgs {
@@ -87,6 +125,13 @@ impl TargetArgs {
             role_arn: s.role_arn.or(o.role_arn),
             role_session_name: s.role_session_name.or(o.role_session_name),
             external_id: s.external_id.or(o.external_id),
+            pool_mode: s.pool_mode.or(o.pool_mode),
+            pool_size: s.pool_size.or(o.pool_size),
+            pool_min_idle: s.pool_min_idle.or(o.pool_min_idle),
+            server_idle_timeout: s.server_idle_timeout.or(o.server_idle_timeout),
+            server_lifetime: s.server_lifetime.or(o.server_lifetime),
+            server_reset_query: s.server_reset_query.or(o.server_reset_query),
+            pool_timeout: s.pool_timeout.or(o.pool_timeout),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::iam::RoleSpec;
 
 mod args;
-pub use args::{FileConfig, ProxyArgs, TargetArgs, TlsMode};
+pub use args::{FileConfig, PoolMode, ProxyArgs, TargetArgs, TlsMode};
 
 /// Invalid configuration, with what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +94,62 @@ pub struct Target {
     pub db_user: Option<String>,
     /// Role to assume.
     pub role: Option<RoleSpec>,
+    /// Server connection pooling.
+    pub pool: PoolConfig,
+}
+
+/// A target's pool settings, defaults applied (PgBouncer's meanings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// See [`TargetArgs::pool_mode`]; `Transaction` is refused at start-up for now.
+    pub mode: PoolMode,
+    /// See [`TargetArgs::pool_size`]; at least 1.
+    pub size: usize,
+    /// See [`TargetArgs::pool_min_idle`]; at most `size`.
+    pub min_idle: usize,
+    /// See [`TargetArgs::server_idle_timeout`].
+    pub idle_timeout: Duration,
+    /// See [`TargetArgs::server_lifetime`].
+    pub lifetime: Duration,
+    /// See [`TargetArgs::server_reset_query`].
+    pub reset_query: String,
+    /// See [`TargetArgs::pool_timeout`].
+    pub timeout: Duration,
+}
+
+fn pool_config(t: &TargetArgs) -> Result<PoolConfig, ConfigError> {
+    let secs = Duration::from_secs;
+    let pool = PoolConfig {
+        mode: t.pool_mode.unwrap_or(PoolMode::Session),
+        size: t.pool_size.unwrap_or(50),
+        min_idle: t.pool_min_idle.unwrap_or(0),
+        idle_timeout: t.server_idle_timeout.unwrap_or(secs(600)),
+        lifetime: t.server_lifetime.unwrap_or(secs(3600)),
+        reset_query: t
+            .server_reset_query
+            .clone()
+            .unwrap_or_else(|| "DISCARD ALL".into()),
+        timeout: t.pool_timeout.unwrap_or(secs(60)),
+    };
+    let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+    if pool.mode == PoolMode::Transaction {
+        return invalid(
+            "pool_mode transaction is not available yet; use session (the default) or none",
+        );
+    }
+    if pool.size == 0 {
+        return invalid("pool_size must be at least 1");
+    }
+    if pool.min_idle > pool.size {
+        return invalid("pool_min_idle cannot exceed pool_size");
+    }
+    if pool.reset_query.trim().is_empty() {
+        return invalid("server_reset_query cannot be empty (DISCARD ALL is the default)");
+    }
+    if pool.lifetime.is_zero() || pool.timeout.is_zero() {
+        return invalid("server_lifetime and pool_timeout must be more than 0s");
+    }
+    Ok(pool)
 }
 
 /// The validated configuration.
@@ -227,6 +283,7 @@ fn credentials_timeout(
 }
 
 fn target(t: TargetArgs) -> Result<Target, ConfigError> {
+    let pool = pool_config(&t)?;
     let host = t.host.filter(|h| !h.is_empty()).ok_or_else(|| {
         ConfigError::Invalid("no database host: pass --host (or host in the config file)".into())
     })?;
@@ -251,6 +308,7 @@ fn target(t: TargetArgs) -> Result<Target, ConfigError> {
         tls_mode: t.tls_mode.unwrap_or(TlsMode::VerifyFull),
         db_user: t.db_user,
         role,
+        pool,
     })
 }
 

@@ -147,3 +147,38 @@ fn credentials_timeout_defaults_below_the_connect_timeout_and_must_stay_there() 
         assert!(err.to_string().contains("under connect_timeout"), "{err}");
     }
 }
+
+#[test]
+fn pool_settings_default_to_session_pooling_and_are_checked() {
+    let host = TargetArgs {
+        host: Some("db.example.com".into()),
+        ..Default::default()
+    };
+    let config = build(&ProxyArgs::default(), &host, &FileConfig::default()).expect("valid");
+    let pool = &config.targets[0].pool;
+    assert_eq!(pool.mode, PoolMode::Session);
+    assert_eq!((pool.size, pool.min_idle), (50, 0));
+    assert_eq!(pool.reset_query, "DISCARD ALL");
+    let file = parse(
+        r#"
+        [defaults]
+        pool_mode = "none"
+        pool_size = 4
+        server_lifetime = "10m"
+        "#,
+    );
+    let config = build(&ProxyArgs::default(), &host, &file).expect("valid");
+    let pool = &config.targets[0].pool;
+    assert_eq!((pool.mode, pool.size), (PoolMode::None, 4));
+    assert_eq!(pool.lifetime, Duration::from_secs(600));
+    for (args, want) in [
+        (r#"pool_mode = "transaction""#, "not available yet"),
+        ("pool_size = 0", "at least 1"),
+        ("pool_size = 2\npool_min_idle = 3", "cannot exceed"),
+        (r#"server_reset_query = " ""#, "cannot be empty"),
+    ] {
+        let file = parse(&format!("[defaults]\n{args}"));
+        let err = build(&ProxyArgs::default(), &host, &file).expect_err(args);
+        assert!(err.to_string().contains(want), "{args}: {err}");
+    }
+}
