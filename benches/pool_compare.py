@@ -309,6 +309,10 @@ class Raw:
                 return
 
 
+def p95(values):
+    return statistics.quantiles(values, n=20, method="inclusive")[-1] if len(values) > 1 else values[0]
+
+
 def first_result(args, contenders, info):
     print(f"\n(c) connect to first result (SELECT 1), {args.connects} connects each, interleaved, "
           f"pools warm, {args.gap_ms} ms apart", flush=True)
@@ -326,15 +330,14 @@ def first_result(args, contenders, info):
             times[r.c["name"]].append(total * 1e6)
             startup[r.c["name"]].append(ready * 1e6)
             time.sleep(args.gap_ms / 1000)  # let a pool take the connection back (reset) first
-    pct = lambda v, q: statistics.quantiles(v, n=100, method="inclusive")[q - 1]
     p50s = {n: statistics.median(v) for n, v in times.items()}
-    base = p50s.get("pgbouncer")
-    print(f"  {'':15s} {'p50 us':>9s} {'p95 us':>9s} {'ready p50':>10s} {'x pgbouncer':>12s}  IAM logins")
+    bases = [b for b in ("pgbouncer", "floor", "direct") if b in p50s]
+    print(f"  {'':15s} {'p50 us':>8s} {'p95 us':>8s} {'ready p50':>10s}  "
+          + " ".join(f"{'x ' + b:>11s}" for b in bases) + "  IAM logins")
     for n, v in times.items():
-        rel = f"{base / p50s[n]:12.3f}" if base else ""
-        print(f"  {n:15s} {p50s[n]:9.0f} {pct(v, 95):9.0f} {statistics.median(startup[n]):10.0f} {rel}  "
-              f"{logins[n]}")
-    print("  (x pgbouncer: its p50 / this p50, higher is faster; ready: connect to ReadyForQuery)")
+        print(f"  {n:15s} {p50s[n]:8.0f} {p95(v):8.0f} {statistics.median(startup[n]):10.0f}  "
+              + " ".join(f"{p50s[b] / p50s[n]:11.3f}" for b in bases) + f"  {logins[n]}")
+    print("  (x: the baseline's p50 / this p50, higher is faster; ready: connect to ReadyForQuery)")
     return p50s
 
 
