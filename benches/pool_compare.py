@@ -209,11 +209,31 @@ def decisions(info):
 
 # --- the figures -------------------------------------------------------------------------------
 
+class Token:
+    """An IAM token for the direct contenders, signed anew every 5 minutes (it is valid for 15)."""
+
+    def __init__(self, binary, info):
+        self.argv = [binary, "token", "--host", "localhost", "--port", str(info["port"]), "--user", info["iam_user"]]
+        self.env = aws_env(info)
+        self.value, self.signed = None, 0.0
+
+    def get(self):
+        if self.value is None or time.monotonic() - self.signed > 300:
+            self.value = subprocess.run(self.argv, env=self.env, capture_output=True, text=True,
+                                        check=True).stdout.strip()
+            self.signed = time.monotonic()
+        return self.value
+
+
+def env_of(c):
+    return dict(c["env"], PGPASSWORD=c["token"].get()) if "token" in c else c["env"]
+
+
 def pgbench(c, extra, clients, seconds):
     out = subprocess.run(
         [pgbench_bin(), "-n", "-S", *extra, "-c", str(clients), "-j", "2", "-T", str(seconds),
          "-h", c["host"], "-p", str(c["port"]), "-U", c["user"], "labdb"],
-        env=c["env"], capture_output=True, text=True)
+        env=env_of(c), capture_output=True, text=True)
     found = re.search(r"tps = ([0-9.]+)", out.stdout)
     if out.returncode != 0 or not found:
         raise SystemExit(f"pgbench via {c['name']} failed:\n{out.stdout}\n{out.stderr}")
@@ -303,7 +323,7 @@ class Raw:
             if kind == b"E":
                 raise RuntimeError(f"{self.c['name']}: {body!r}")
             if kind == b"R" and struct.unpack("!i", body[:4])[0] == 3:  # cleartext password (IAM)
-                pw = self.c["password"].encode() + b"\0"
+                pw = self.c["token"].get().encode() + b"\0"
                 s.sendall(b"p" + struct.pack("!i", 4 + len(pw)) + pw)
             if kind == wanted:
                 return
@@ -414,15 +434,15 @@ def summary(proxies, connect, logins, steady, p50s, per_client):
 # --- main --------------------------------------------------------------------------------------
 
 def contenders_for(info, token, floor_port, bouncer_port, proxies):
-    direct_env = dict(os.environ, PGPASSWORD=token, PGSSLMODE="verify-full", PGSSLROOTCERT=info["ca_file"])
+    direct_env = dict(os.environ, PGSSLMODE="verify-full", PGSSLROOTCERT=info["ca_file"])
     plain_env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
     plain_env["PGSSLMODE"] = "disable"
     tls = ssl.create_default_context(cafile=info["ca_file"])
     out = [
         dict(name="direct", host="localhost", port=info["port"], user=info["iam_user"], env=direct_env,
-             tls=tls, password=token),
+             tls=tls, token=token),
         dict(name="floor", host="localhost", port=floor_port, user=info["iam_user"], env=direct_env,
-             tls=tls, password=token),
+             tls=tls, token=token),
         dict(name="pgbouncer", host="127.0.0.1", port=bouncer_port, user=info["plain_user"], env=plain_env),
     ]
     out += [dict(name=name, host="127.0.0.1", port=port, user=info["iam_user"], env=plain_env)
@@ -455,9 +475,7 @@ def main():
     procs = []
     try:
         prepare_data(info, args.scale)
-        token = subprocess.run([binary, "token", "--host", "localhost", "--port", str(info["port"]),
-                                "--user", info["iam_user"]], env=aws_env(info), capture_output=True,
-                               text=True, check=True).stdout.strip()
+        token = Token(binary, info)
         floor, floor_port = start_floor(info)
         bouncer, bouncer_port = start_pgbouncer(bouncer_bin, info, os.path.join(workdir, "run"), POOL_SIZE, 200)
         procs += [floor, bouncer]
