@@ -32,6 +32,7 @@ pub mod health;
 pub mod http;
 pub mod iam;
 pub mod metrics;
+pub mod pool;
 pub mod relay;
 pub mod server;
 pub mod session;
