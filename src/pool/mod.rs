@@ -153,6 +153,9 @@ impl<C: Connector> Pools<C> {
         key: PoolKey,
         connector: &C,
     ) -> Result<Checkout<C::Conn>, PoolError<C::Error>> {
+        if self.stop.is_cancelled() {
+            return Err(PoolError::Closed);
+        }
         let core = self.pool_for(key, connector);
         open::checkout(core, connector).await
     }

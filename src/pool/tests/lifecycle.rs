@@ -91,6 +91,13 @@ async fn shutdown_closes_idle_then_returning_connections() {
     let err = s.pools.checkout(key(), &fake).await.unwrap_err();
     assert!(matches!(err, PoolError::Closed));
     assert_eq!(err.to_client().code, "57P01");
+    let other = crate::pool::PoolKey {
+        database: "other".into(),
+        ..key()
+    };
+    let err = s.pools.checkout(other, &fake).await.unwrap_err();
+    assert!(matches!(err, PoolError::Closed), "no new pool after shutdown");
+    assert_eq!((fake.opens(), s.pools.len()), (2, 1));
 }
 
 #[tokio::test(start_paused = true)]
