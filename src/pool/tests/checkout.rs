@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{id, key, settings, setup, until};
+use super::{id, settings, setup, until};
 use crate::pool::PoolError;
 
 #[tokio::test(start_paused = true)]
@@ -20,7 +20,7 @@ async fn opening_and_checked_out_connections_count_against_the_size() {
         .collect();
     until("two opens hang", || s.fake.opens() == 2).await;
     assert_eq!(s.stats().opening, 2);
-    let third = s.pools.checkout(key(), &s.fake).await;
+    let third = s.try_checkout().await;
     assert!(matches!(third, Err(PoolError::Timeout { .. })), "{third:?}");
     assert_eq!(
         s.fake.opens(),
@@ -30,10 +30,10 @@ async fn opening_and_checked_out_connections_count_against_the_size() {
     s.fake.release(2);
     let mut out = Vec::new();
     for task in opening {
-        out.push(task.await.unwrap());
+        out.push(super::bounded(task).await.unwrap());
     }
     assert_eq!(s.stats().active, 2);
-    let third = s.pools.checkout(key(), &s.fake).await;
+    let third = s.try_checkout().await;
     assert!(
         matches!(third, Err(PoolError::Timeout { .. })),
         "two checked out fill it"
@@ -76,7 +76,7 @@ async fn pool_timeout_is_53300_naming_the_flags() {
     });
     let _held = s.checkout().await;
     let start = Instant::now();
-    let err = s.pools.checkout(key(), &s.fake).await.unwrap_err();
+    let err = s.try_checkout().await.unwrap_err();
     assert_eq!(start.elapsed(), Duration::from_secs(7));
     let client = err.to_client();
     assert_eq!(client.code, "53300");
@@ -99,7 +99,7 @@ async fn open_errors_pass_through_and_free_the_permit() {
         ..settings()
     });
     s.fake.set_fail(true);
-    let err = s.pools.checkout(key(), &s.fake).await.unwrap_err();
+    let err = s.try_checkout().await.unwrap_err();
     assert!(matches!(err, PoolError::Open(_)));
     assert_eq!(err.to_client().code, "08001");
     assert_eq!(err.to_client().message, "fake open failed");

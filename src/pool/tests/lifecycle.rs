@@ -28,7 +28,10 @@ async fn a_waiter_that_gives_up_leaves_the_queue() {
     until("next waits", || s.stats().waiting == 1).await;
     let start = Instant::now();
     held.check_in(true);
-    assert!(next.await.unwrap(), "the next waiter got the connection");
+    assert!(
+        super::bounded(next).await.unwrap(),
+        "the next waiter got the connection"
+    );
     assert_eq!(start.elapsed(), Duration::ZERO);
 }
 
@@ -88,15 +91,20 @@ async fn shutdown_closes_idle_then_returning_connections() {
     b.check_in(true);
     until("returning one closed", || fake.closed() == [0, 1]).await;
     assert_eq!(s.closes("shutdown"), 2.0);
-    let err = s.pools.checkout(key(), &fake).await.unwrap_err();
+    let err = s.try_checkout().await.unwrap_err();
     assert!(matches!(err, PoolError::Closed));
     assert_eq!(err.to_client().code, "57P01");
     let other = crate::pool::PoolKey {
         database: "other".into(),
         ..key()
     };
-    let err = s.pools.checkout(other, &fake).await.unwrap_err();
-    assert!(matches!(err, PoolError::Closed), "no new pool after shutdown");
+    let err = super::bounded(s.pools.checkout(other, &fake))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PoolError::Closed),
+        "no new pool after shutdown"
+    );
     assert_eq!((fake.opens(), s.pools.len()), (2, 1));
 }
 
@@ -105,10 +113,10 @@ async fn shutdown_wakes_waiters_and_dropping_closes() {
     let s = Arc::new(setup(one()));
     let held = s.checkout().await;
     let s2 = s.clone();
-    let waiter = tokio::spawn(async move { s2.pools.checkout(key(), &s2.fake).await.err() });
+    let waiter = tokio::spawn(async move { s2.try_checkout().await.err() });
     until("waiting", || s.stats().waiting == 1).await;
     s.pools.shutdown();
-    let err = waiter.await.unwrap();
+    let err = super::bounded(waiter).await.unwrap();
     assert!(matches!(err, Some(PoolError::Closed)), "{err:?}");
     drop(held);
     let fake = s.fake.clone();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 
-use super::{Conn, Connector, PoolKey, PoolMetrics, Pools, Settings, ToClient};
+use super::{Conn, Connector, PoolError, PoolKey, PoolMetrics, Pools, Settings, ToClient};
 use crate::error::ClientError;
 
 struct FakeState {
@@ -146,10 +146,11 @@ fn setup(settings: Settings) -> Setup {
 
 impl Setup {
     async fn checkout(&self) -> super::Checkout<FakeConn> {
-        self.pools
-            .checkout(key(), &self.fake)
-            .await
-            .expect("checkout")
+        self.try_checkout().await.expect("checkout")
+    }
+
+    async fn try_checkout(&self) -> Result<super::Checkout<FakeConn>, PoolError<FakeError>> {
+        bounded(self.pools.checkout(key(), &self.fake)).await
     }
 
     fn stats(&self) -> super::PoolStats {
@@ -181,6 +182,14 @@ impl Setup {
 
 fn id(c: &mut super::Checkout<FakeConn>) -> usize {
     c.conn_mut().id
+}
+
+/// `f`, which must end within an (auto-advanced, virtual) hour: a broken pool fails the
+/// test instead of hanging it.
+async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(3600), f)
+        .await
+        .expect("ended within an hour")
 }
 
 /// Lets spawned tasks run until `cond` holds (no clock movement); panics if it never does.
