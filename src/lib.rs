@@ -36,6 +36,7 @@ pub mod http;
 pub mod iam;
 pub mod logging;
 pub mod metrics;
+pub mod pool;
 pub mod relay;
 pub mod server;
 pub mod session;

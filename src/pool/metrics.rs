@@ -1,0 +1,240 @@
+//! Per-pool metrics (labels target, user, database): server connections active / idle /
+//! opening, clients waiting, wait seconds, logins, reuses, resets and closes by reason.
+//! [`PoolMetrics::register`] adds the families to the process registry.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use super::PoolKey;
+
+/// Labels of one pool.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// Target name.
+    pub target: String,
+    /// Upstream user.
+    pub user: String,
+    /// Database.
+    pub database: String,
+}
+
+/// Why the pool closed a server connection.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Idle longer than the idle timeout (beyond min-idle).
+    IdleTimeout,
+    /// Older than the lifetime.
+    Lifetime,
+    /// Bytes or EOF waiting on an idle connection.
+    Broken,
+    /// The caller's reset failed.
+    ResetFailed,
+    /// Not provably idle when the client left (`check_in(false)`).
+    NotIdle,
+    /// The checkout was dropped without a check-in.
+    Dropped,
+    /// The pools were shut down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::IdleTimeout => "idle_timeout",
+            Self::Lifetime => "lifetime",
+            Self::Broken => "broken",
+            Self::ResetFailed => "reset_failed",
+            Self::NotIdle => "not_idle",
+            Self::Dropped => "dropped",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl EncodeLabelValue for CloseReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// Labels of a close.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    /// Target name.
+    pub target: String,
+    /// Upstream user.
+    pub user: String,
+    /// Database.
+    pub database: String,
+    /// Why.
+    pub reason: CloseReason,
+}
+
+fn wait_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+/// The pool metric families of the process.
+#[derive(Debug)]
+pub struct PoolMetrics {
+    active: Family<PoolLabels, Gauge>,
+    idle: Family<PoolLabels, Gauge>,
+    opening: Family<PoolLabels, Gauge>,
+    waiting: Family<PoolLabels, Gauge>,
+    wait_seconds: Family<PoolLabels, Histogram, fn() -> Histogram>,
+    logins: Family<PoolLabels, Counter>,
+    login_failures: Family<PoolLabels, Counter>,
+    reuses: Family<PoolLabels, Counter>,
+    resets: Family<PoolLabels, Counter>,
+    closes: Family<CloseLabels, Counter>,
+}
+
+impl Default for PoolMetrics {
+    fn default() -> Self {
+        Self {
+            active: Family::default(),
+            idle: Family::default(),
+            opening: Family::default(),
+            waiting: Family::default(),
+            wait_seconds: Family::new_with_constructor(wait_histogram),
+            logins: Family::default(),
+            login_failures: Family::default(),
+            reuses: Family::default(),
+            resets: Family::default(),
+            closes: Family::default(),
+        }
+    }
+}
+
+/// The series of one pool, looked up once when the pool is created. Pools whose keys differ
+/// only in `options` share series (gauges move by deltas, so they add up).
+#[derive(Debug, Clone)]
+pub(crate) struct PoolSeries {
+    pub active: Gauge,
+    pub idle: Gauge,
+    pub opening: Gauge,
+    pub waiting: Gauge,
+    pub wait_seconds: Histogram,
+    pub logins: Counter,
+    pub login_failures: Counter,
+    pub reuses: Counter,
+    pub resets: Counter,
+    closes: Family<CloseLabels, Counter>,
+    labels: PoolLabels,
+}
+
+impl PoolSeries {
+    /// Counts a close.
+    pub fn closed(&self, reason: CloseReason) {
+        let labels = CloseLabels {
+            target: self.labels.target.clone(),
+            user: self.labels.user.clone(),
+            database: self.labels.database.clone(),
+            reason,
+        };
+        self.closes.get_or_create(&labels).inc();
+    }
+}
+
+impl PoolMetrics {
+    /// The series of the pool `key` of `target`.
+    pub(crate) fn series(&self, target: &str, key: &PoolKey) -> PoolSeries {
+        let labels = PoolLabels {
+            target: target.to_owned(),
+            user: key.user.clone(),
+            database: key.database.clone(),
+        };
+        // One statement each: a family's read guard lives to the end of its statement.
+        let active = self.active.get_or_create(&labels).clone();
+        let idle = self.idle.get_or_create(&labels).clone();
+        let opening = self.opening.get_or_create(&labels).clone();
+        let waiting = self.waiting.get_or_create(&labels).clone();
+        let wait_seconds = self.wait_seconds.get_or_create(&labels).clone();
+        let logins = self.logins.get_or_create(&labels).clone();
+        let login_failures = self.login_failures.get_or_create(&labels).clone();
+        let reuses = self.reuses.get_or_create(&labels).clone();
+        let resets = self.resets.get_or_create(&labels).clone();
+        PoolSeries {
+            active,
+            idle,
+            opening,
+            waiting,
+            wait_seconds,
+            logins,
+            login_failures,
+            reuses,
+            resets,
+            closes: self.closes.clone(),
+            labels,
+        }
+    }
+
+    /// Registers the families (names under the registry's prefix; counters get `_total`).
+    pub fn register(&self, r: &mut Registry) {
+        let gauges = [
+            (
+                "pool_server_connections_active",
+                "Server connections checked out by clients",
+                &self.active,
+            ),
+            (
+                "pool_server_connections_idle",
+                "Idle server connections in the pool",
+                &self.idle,
+            ),
+            (
+                "pool_server_connections_opening",
+                "Server connections being opened (logins)",
+                &self.opening,
+            ),
+            (
+                "pool_clients_waiting",
+                "Clients waiting for a server connection (--pool-timeout)",
+                &self.waiting,
+            ),
+        ];
+        for (name, help, family) in gauges {
+            r.register(name, help, family.clone());
+        }
+        r.register(
+            "pool_wait_seconds",
+            "Time clients waited for a permit of the pool (timeouts included)",
+            self.wait_seconds.clone(),
+        );
+        let counters = [
+            (
+                "pool_server_logins",
+                "Server connections opened (each one IAM login)",
+                &self.logins,
+            ),
+            (
+                "pool_server_login_failures",
+                "Server connections that failed to open",
+                &self.login_failures,
+            ),
+            (
+                "pool_server_reuses",
+                "Checkouts served by an idle server connection",
+                &self.reuses,
+            ),
+            (
+                "pool_server_resets",
+                "Reset server connections checked back in",
+                &self.resets,
+            ),
+        ];
+        for (name, help, family) in counters {
+            r.register(name, help, family.clone());
+        }
+        r.register(
+            "pool_server_closes",
+            "Server connections closed by the pool, by reason",
+            self.closes.clone(),
+        );
+    }
+}
