@@ -8,7 +8,7 @@
 //! closed it, or sent a FATAL on shutdown): such a connection is never handed out.
 
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -116,10 +116,8 @@ pub fn has_pending_input<S: AsyncRead + Unpin>(stream: &mut S) -> bool {
     let mut byte = [0u8; 1];
     let mut buf = ReadBuf::new(&mut byte);
     let mut cx = Context::from_waker(Waker::noop());
-    match Pin::new(stream).poll_read(&mut cx, &mut buf) {
-        Poll::Pending => false,
-        Poll::Ready(_) => true, // bytes, the end, or an error: not a clean idle connection
-    }
+    // Ready: bytes, the end, or an error; none of them is a clean idle connection.
+    Pin::new(stream).poll_read(&mut cx, &mut buf).is_ready()
 }
 
 #[cfg(test)]
