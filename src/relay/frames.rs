@@ -12,10 +12,41 @@ pub struct Frames {
     length: u32,
     /// Body bytes of the current message still to come.
     body_left: u32,
+    /// The [`Watch`] asked for the first body byte of the current message.
+    want_first: bool,
 }
 
 /// Type byte plus the 4-byte length.
 const HEADER: u8 = 5;
+
+/// What a [`Watch`] wants done with a message that starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Follow it.
+    Skip,
+    /// Follow it and show the watch its first body byte.
+    First,
+    /// Stop in front of it: it is not followed (nor anything after it).
+    Stop,
+}
+
+/// Told about each message as it starts (the pooled relay's trackers); `()` watches nothing
+/// and costs nothing.
+pub trait Watch {
+    /// A message with type byte `tag` starts.
+    fn start(&mut self, tag: u8) -> Step;
+    /// The first body byte of a message whose start answered [`Step::First`].
+    fn first(&mut self, byte: u8);
+}
+
+impl Watch for () {
+    #[inline(always)]
+    fn start(&mut self, _: u8) -> Step {
+        Step::Skip
+    }
+    #[inline(always)]
+    fn first(&mut self, _: u8) {}
+}
 
 impl Frames {
     /// True between two messages: the bytes seen so far end exactly at a message end.
@@ -36,37 +67,74 @@ impl Frames {
     }
 
     /// Follows `bytes`, the next bytes of the stream.
+    #[inline]
     pub fn advance(&mut self, bytes: &[u8]) {
+        self.follow(bytes, &mut ());
+    }
+
+    /// Follows `bytes`, telling `watch` about each message that starts. Returns how many
+    /// bytes were followed: all, or fewer when `watch` stopped in front of a message (the
+    /// stream then stands at that boundary).
+    #[inline]
+    pub fn follow<W: Watch>(&mut self, bytes: &[u8], watch: &mut W) -> usize {
         let mut rest = bytes;
-        while !rest.is_empty() {
+        while let Some(&byte) = rest.first() {
             if self.body_left > 0 {
+                if self.want_first {
+                    self.want_first = false;
+                    watch.first(byte);
+                }
                 let skip = rest.len().min(self.body_left as usize);
                 self.body_left -= skip as u32;
                 rest = &rest[skip..];
-            } else if self.header == 0 && rest.len() >= usize::from(HEADER) {
-                // A whole header at hand (the common case): jump over the whole message.
-                let length = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
-                let end = usize::from(HEADER).saturating_add(body(length) as usize);
-                match rest.get(end..) {
-                    Some(after) => rest = after,
-                    None => {
-                        // end - len <= body(length), so it fits.
-                        self.body_left = (end - rest.len()) as u32;
-                        rest = &[];
-                    }
-                }
-            } else {
+            } else if self.header > 0 {
                 // A header split across chunks: byte by byte.
-                if self.header > 0 {
-                    self.length = self.length << 8 | u32::from(rest[0]);
-                }
+                self.length = self.length << 8 | u32::from(byte);
                 self.header += 1;
                 rest = &rest[1..];
                 if self.header == HEADER {
                     self.body_left = body(self.length);
+                    self.want_first &= self.body_left > 0;
                     self.header = 0;
                     self.length = 0;
                 }
+            } else {
+                match watch.start(byte) {
+                    Step::Stop => return bytes.len() - rest.len(),
+                    Step::First => self.want_first = true,
+                    Step::Skip => {}
+                }
+                rest = self.jump(rest, watch);
+            }
+        }
+        bytes.len()
+    }
+
+    /// At a message start: over the whole message when its header is at hand (the common
+    /// case), else past its type byte.
+    #[inline(always)]
+    fn jump<'a, W: Watch>(&mut self, rest: &'a [u8], watch: &mut W) -> &'a [u8] {
+        if rest.len() < usize::from(HEADER) {
+            self.header = 1;
+            return &rest[1..];
+        }
+        let length = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
+        let body = body(length);
+        if self.want_first && body > 0 {
+            if let Some(&first) = rest.get(usize::from(HEADER)) {
+                self.want_first = false;
+                watch.first(first);
+            }
+        } else {
+            self.want_first = false;
+        }
+        let end = usize::from(HEADER).saturating_add(body as usize);
+        match rest.get(end..) {
+            Some(after) => after,
+            None => {
+                // end - len <= body, so it fits.
+                self.body_left = (end - rest.len()) as u32;
+                &[]
             }
         }
     }

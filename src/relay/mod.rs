@@ -13,8 +13,12 @@
 //! client gets `FATAL 57P01` (cut) or `FATAL 57P05` (idle) between two messages, never in
 //! the middle of one, and the server gets Terminate and a TLS close.
 //!
+//! In the pooled mode ([`Mode::Pooled`], [`splice_with`]) the headers' types are watched
+//! too ([`track`]): the client's Terminate is not forwarded, and the [`Outcome`] says
+//! whether the server connection the client leaves is provably idle, to be reset and reused.
+//!
 //! Files: [`pipe`] (one direction), [`frames`] (boundaries), [`splice`] (both directions),
-//! [`goodbye`] (ending a session the proxy ends).
+//! [`goodbye`] (ending a session the proxy ends), [`track`] (the pooled mode's verdict).
 
 mod frames;
 mod goodbye;
@@ -22,10 +26,24 @@ mod pipe;
 mod splice;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_pooled;
+mod track;
 
 pub use frames::Frames;
 pub use goodbye::{FINISH_MESSAGE, GOODBYE};
-pub use splice::splice;
+pub use splice::{splice, splice_with};
+
+/// What the relay follows beyond bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Bytes and boundaries only; the session ends when both sides have closed.
+    #[default]
+    Plain,
+    /// Session pooling: the client's Terminate is not forwarded, the session ends when the
+    /// client leaves, and the server connection is judged for reuse.
+    Pooled,
+}
 
 /// Where one direction's byte count goes as data moves (a metrics counter, in the proxy).
 pub trait Meter: Sync {
@@ -69,6 +87,12 @@ pub enum Ended {
     Cut,
     /// No traffic either way for the idle timeout.
     Idle,
+    /// [`Mode::Pooled`]: the client left, by Terminate (not forwarded) or by closing, while
+    /// the server connection was open; it was left open for the caller to reset or close.
+    Released {
+        /// The client sent Terminate (rather than just closing).
+        terminate: bool,
+    },
 }
 
 /// How a splice ended and what it moved.
@@ -84,4 +108,9 @@ pub struct Outcome {
     /// written to the client. False when the server was in the middle of a message that did
     /// not end in time ([`FINISH_MESSAGE`]), or the client did not take it in time.
     pub told: bool,
+    /// [`Mode::Pooled`], [`Ended::Released`] only: the server connection is provably idle
+    /// (both directions between messages, every Query / Sync / FunctionCall answered by its
+    /// ReadyForQuery, nothing sent since, the last status 'I'), so it may be reset and
+    /// reused. False means close it.
+    pub server_idle: bool,
 }

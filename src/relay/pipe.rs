@@ -1,5 +1,6 @@
 //! One direction of the splice: read into a buffer that exists only while data moves, write
-//! it on, count it, and follow the message boundaries of what was written.
+//! it on, count it, and follow the message boundaries of what was written (in the pooled
+//! mode, the client's messages as they are read, so Terminate is never written).
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -9,6 +10,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::frames::Frames;
+use super::track::{ClientWatch, ServerWatch};
 use super::Meter;
 
 /// Copy buffer size per direction while data moves.
@@ -26,8 +28,24 @@ pub(super) struct Pipe {
     pub done: bool,
     /// Bytes written so far.
     pub bytes: u64,
-    /// Where the written bytes stand between messages.
+    /// Where the written bytes stand between messages (for [`Track::Client`], the bytes
+    /// read: the same once nothing is pending).
     pub frames: Frames,
+    /// What is watched beyond boundaries.
+    pub track: Track,
+}
+
+/// What a direction watches beyond message boundaries.
+#[derive(Debug, Default)]
+pub(super) enum Track {
+    /// Boundaries only (the plain relay).
+    #[default]
+    Plain,
+    /// The client's messages, as read: Terminate ends the reading and is dropped, and the
+    /// writer (the server connection) is never shut down.
+    Client(ClientWatch),
+    /// The server's ReadyForQuery messages, as written.
+    Server(ServerWatch),
 }
 
 impl Pipe {
@@ -37,7 +55,7 @@ impl Pipe {
     }
 
     /// Copies until the reader has nothing more for now (`Pending`, buffer released) or has
-    /// ended and the writer is shut down (`Ready`).
+    /// ended and the writer is shut down (`Ready`; [`Track::Client`]: flushed, left open).
     pub fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -55,7 +73,9 @@ impl Pipe {
             }
             if self.eof {
                 ready!(w.as_mut().poll_flush(cx))?;
-                ready!(w.as_mut().poll_shutdown(cx))?;
+                if !matches!(self.track, Track::Client(_)) {
+                    ready!(w.as_mut().poll_shutdown(cx))?;
+                }
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
@@ -114,7 +134,12 @@ impl Pipe {
         if n == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
-        self.frames.advance(&self.buf[self.pos..self.pos + n]);
+        let written = &self.buf[self.pos..self.pos + n];
+        match &mut self.track {
+            Track::Plain => self.frames.advance(written),
+            Track::Server(watch) => _ = self.frames.follow(written, watch),
+            Track::Client(_) => {} // followed as read
+        }
         self.pos += n;
         self.bytes += n as u64;
         meter.add(n as u64);
@@ -122,7 +147,8 @@ impl Pipe {
         Poll::Ready(Ok(()))
     }
 
-    /// Reads once into the (emptied) buffer; a read of 0 bytes marks the end.
+    /// Reads once into the (emptied) buffer; a read of 0 bytes marks the end, and so does
+    /// the client's Terminate ([`Track::Client`]), which is cut off with all after it.
     fn poll_fill<R>(&mut self, cx: &mut Context<'_>, r: Pin<&mut R>) -> Poll<io::Result<()>>
     where
         R: AsyncRead + ?Sized,
@@ -139,6 +165,14 @@ impl Pipe {
         // SAFETY: `ReadBuf` guarantees the first `n` bytes were initialised.
         unsafe { self.buf.set_len(n) };
         self.eof = n == 0;
+        if let Track::Client(watch) = &mut self.track {
+            let kept = self.frames.follow(&self.buf, watch);
+            if kept < n {
+                // Terminate: the session ends in front of it; nothing after it counts.
+                self.buf.truncate(kept);
+                self.eof = true;
+            }
+        }
         Poll::Ready(Ok(()))
     }
 }

@@ -1,5 +1,6 @@
 //! Both directions of a session until it ends, then, for a session the proxy ends itself,
-//! the goodbye.
+//! the goodbye; in the pooled mode, until the client leaves, with the verdict whether the
+//! server connection it leaves behind is provably idle.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -7,17 +8,18 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::goodbye::goodbye;
-use super::pipe::Pipe;
-use super::{Ended, Meters, Outcome};
+use super::goodbye::{goodbye, GOODBYE};
+use super::pipe::{Pipe, Track};
+use super::track::{self, Side};
+use super::{Ended, Meters, Mode, Outcome};
 
 /// Relays until both directions are done, an error occurs, `cut` fires, or nothing moved
 /// for `idle` (when given), counting bytes into `meters` as they go. A cut or idle session
 /// is ended politely (see [`super::goodbye`]) within [`super::FINISH_MESSAGE`] +
-/// [`super::GOODBYE`].
+/// [`super::GOODBYE`]. The same as [`splice_with`] in [`Mode::Plain`].
 pub async fn splice<C, U>(
     client: &mut C,
     upstream: &mut U,
@@ -29,18 +31,52 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut up = Pipe::default();
-    let mut down = Pipe::default();
-    let ended = relay(client, upstream, &mut up, &mut down, cut, idle, meters).await;
+    splice_with(client, upstream, cut, idle, meters, Mode::Plain).await
+}
+
+/// [`splice`] in `mode`. In [`Mode::Pooled`] the client's Terminate is not forwarded and
+/// the relay ends when the client leaves ([`Ended::Released`]), the server connection
+/// left open (neither shut down nor told anything) with [`Outcome::server_idle`] saying
+/// whether it may be reset and reused; the client's side is shut down within
+/// [`super::GOODBYE`].
+pub async fn splice_with<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    cut: CancellationToken,
+    idle: Option<Duration>,
+    meters: Meters<'_>,
+    mode: Mode,
+) -> Outcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut up, mut down) = (Pipe::default(), Pipe::default());
+    if mode == Mode::Pooled {
+        up.track = Track::Client(Default::default());
+        down.track = Track::Server(Default::default());
+    }
+    let mut ended = relay(client, upstream, &mut up, &mut down, cut, idle, meters).await;
+    let mut server_idle = false;
+    if let (Track::Client(c), Track::Server(s)) = (&up.track, &down.track) {
+        if ended == (Ended::Closed { client_first: true }) && !down.done {
+            ended = Ended::Released {
+                terminate: c.terminate,
+            };
+            server_idle = track::idle(side(&up, c), side(&down, s));
+            let _ = tokio::time::timeout(GOODBYE, client.shutdown()).await;
+        }
+    }
     let told = match ended {
         Ended::Cut | Ended::Idle => goodbye(client, upstream, &up, &mut down, ended, meters).await,
-        Ended::Closed { .. } | Ended::Failed => false,
+        Ended::Closed { .. } | Ended::Failed | Ended::Released { .. } => false,
     };
     tracing::debug!(
         to_server = up.bytes,
         to_client = down.bytes,
         ?ended,
         told,
+        server_idle,
         "session closed"
     );
     Outcome {
@@ -48,6 +84,15 @@ where
         to_server: up.bytes,
         to_client: down.bytes,
         told,
+        server_idle,
+    }
+}
+
+fn side<'a, W>(pipe: &'a Pipe, watch: &'a W) -> Side<'a, W> {
+    Side {
+        watch,
+        frames: &pipe.frames,
+        pending: pipe.pending(),
     }
 }
 
@@ -65,6 +110,8 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let mut client_first = None;
+    // Pooled: the session ends when the client leaves; the server connection stays.
+    let client_ends = matches!(up.track, Track::Client(_));
     let mut idle_timer = idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
     let mut moved = 0u64;
     let copy = poll_fn(|cx| {
@@ -82,7 +129,7 @@ where
                 client_first.get_or_insert(false);
             }
         }
-        if up.done && down.done {
+        if up.done && (down.done || client_ends) {
             return Poll::Ready(Ok::<_, io::Error>(()));
         }
         if let Some((limit, timer)) = idle_timer.as_mut() {

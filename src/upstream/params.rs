@@ -1,0 +1,234 @@
+//! A reused server connection made to look like a direct login for the next client: the
+//! client's startup parameters applied with `set_config` in one round trip ([`apply`]),
+//! the ParameterStatus values it would have seen ([`ServerParams`]), and the greeting
+//! ([`encode_greeting`]).
+//!
+//! Each parameter is a Bind/Execute of one unnamed `SELECT pg_catalog.set_config($1, $2,
+//! false)` with text parameters, so any value (lists such as `search_path`, quotes) arrives
+//! exactly as the client sent it, then one Sync: the whole batch is one implicit
+//! transaction, so a refused value leaves none of the others set.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use pgwire::messages::extendedquery::{Bind, Execute, Parse, Sync};
+use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus, SecretKey};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::auth::ServerError;
+use super::exchange;
+use crate::wire::{self, EncodeError, FrameError};
+
+/// The statement each parameter is bound to.
+const SET_CONFIG: &str = "SELECT pg_catalog.set_config($1, $2, false)";
+
+/// The `text` type's OID.
+const TEXT: u32 = 25;
+
+/// The SQLSTATE of a parameter that cannot be set after connection start (PGC_BACKEND).
+pub const CANT_CHANGE_NOW: &str = "55P02";
+
+/// ParameterStatus values in the order the server reported them at login; a name reported
+/// later is appended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerParams(Vec<(String, String)>);
+
+impl ServerParams {
+    /// The values among a login's ParameterStatus frames (NoticeResponse frames among them
+    /// are skipped), as [`super::auth::Login::server_params`] holds them.
+    pub fn from_login(frames: &[u8]) -> Result<Self, FrameError> {
+        let mut params = Self::default();
+        let mut rest = frames;
+        while !rest.is_empty() {
+            let len = rest
+                .get(1..5)
+                .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
+                .ok_or(FrameError::Malformed("ParameterStatus"))?;
+            let frame = rest
+                .get(..len.saturating_add(1))
+                .filter(|_| len >= 4)
+                .ok_or(FrameError::BadLength(len))?;
+            if frame[0] == b'S' {
+                let p: ParameterStatus = wire::decode(frame.into(), "ParameterStatus")?;
+                params.set(p.name, p.value);
+            }
+            rest = &rest[frame.len()..];
+        }
+        Ok(params)
+    }
+
+    /// The value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets `name` in place, or appends it.
+    pub fn set(&mut self, name: String, value: String) {
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => *v = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    /// (name, value) in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+}
+
+/// The server refused a parameter (the whole batch was rolled back).
+#[derive(Debug)]
+pub struct Rejected {
+    /// The server's error, verbatim (severity ERROR: see [`fatal`] for the client).
+    pub error: ServerError,
+    /// The server reached ReadyForQuery('I') afterwards: the connection is clean.
+    pub reusable: bool,
+}
+
+impl Rejected {
+    /// 55P02: the parameter can only be given at login (serve that client unpooled).
+    pub fn cannot_change_now(&self) -> bool {
+        self.error.code == CANT_CHANGE_NOW
+    }
+}
+
+/// Why the parameters could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The server refused a parameter.
+    #[error("the server refused a startup parameter: {} (SQLSTATE {})", .0.error.message, .0.error.code)]
+    Rejected(Rejected),
+    /// A message that has no place in the answer.
+    #[error("unexpected message '{}' in the answer to set_config", char::from(*.0))]
+    Unexpected(u8),
+    /// ReadyForQuery with a status other than 'I' and no error.
+    #[error("the server was not idle after set_config (status '{}')", char::from(*.0))]
+    NotIdle(u8),
+    /// No ReadyForQuery in time.
+    #[error("applying the startup parameters did not finish within {0:?}")]
+    Timeout(Duration),
+    /// The exchange broke.
+    #[error("set_config exchange failed: {0}")]
+    Protocol(#[from] FrameError),
+    /// A parameter did not encode.
+    #[error("{0}")]
+    Encode(#[from] EncodeError),
+}
+
+/// Applies `params` (the client's startup parameters to set after login) in one round trip
+/// within `timeout`; returns `baseline` updated by the ParameterStatus values reported.
+pub async fn apply<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    params: &[(String, String)],
+    baseline: &ServerParams,
+    timeout: Duration,
+) -> Result<ServerParams, ApplyError> {
+    let mut out = baseline.clone();
+    if params.is_empty() {
+        return Ok(out);
+    }
+    let request = request(params)?;
+    let mut refused = None;
+    let answer = tokio::time::timeout(timeout, exchange(stream, &request, &mut out, &mut refused))
+        .await
+        .map_err(|_| ApplyError::Timeout(timeout))
+        .and_then(|r| r);
+    match (refused, answer) {
+        (Some(error), answer) => Err(ApplyError::Rejected(Rejected {
+            error,
+            reusable: matches!(answer, Ok(b'I')),
+        })),
+        (None, Ok(b'I')) => Ok(out),
+        (None, Ok(status)) => Err(ApplyError::NotIdle(status)),
+        (None, Err(e)) => Err(e),
+    }
+}
+
+/// Parse once, Bind + Execute per parameter, Sync.
+fn request(params: &[(String, String)]) -> Result<BytesMut, EncodeError> {
+    let mut buf = BytesMut::new();
+    let parse = Parse::new(None, SET_CONFIG.to_owned(), vec![TEXT, TEXT]);
+    wire::encode(&parse, "Parse", &mut buf)?;
+    for (name, value) in params {
+        let values = vec![
+            Some(Bytes::copy_from_slice(name.as_bytes())),
+            Some(Bytes::copy_from_slice(value.as_bytes())),
+        ];
+        wire::encode(
+            &Bind::new(None, None, vec![], values, vec![]),
+            "Bind",
+            &mut buf,
+        )?;
+        wire::encode(&Execute::new(None, 0), "Execute", &mut buf)?;
+    }
+    wire::encode(&Sync::new(), "Sync", &mut buf)?;
+    Ok(buf)
+}
+
+/// Sends `request` and reads to ReadyForQuery, collecting ParameterStatus into `params`
+/// and the first ErrorResponse into `refused`; returns the ReadyForQuery status.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &[u8],
+    params: &mut ServerParams,
+    refused: &mut Option<ServerError>,
+) -> Result<u8, ApplyError> {
+    wire::send(stream, request)
+        .await
+        .map_err(FrameError::from)?;
+    loop {
+        let frame = exchange::next(stream).await?;
+        match frame[0] {
+            b'1' | b'2' | b'D' | b'C' | b'N' => {}
+            b'S' => {
+                let p: ParameterStatus = wire::decode(frame, "ParameterStatus")?;
+                params.set(p.name, p.value);
+            }
+            b'E' if refused.is_none() => *refused = Some(exchange::server_error(frame)?),
+            b'Z' => return Ok(exchange::ready_status(&frame)),
+            tag => return Err(ApplyError::Unexpected(tag)),
+        }
+    }
+}
+
+/// `frame` (an ErrorResponse) with its severity made FATAL, as a login refusing the same
+/// parameter would send it; the frame unchanged if it does not decode or re-encode.
+pub fn fatal(frame: &[u8]) -> BytesMut {
+    let Ok(mut e) = wire::decode::<ErrorResponse>(frame.into(), "ErrorResponse") else {
+        return frame.into();
+    };
+    for (k, v) in &mut e.fields {
+        if matches!(*k, b'S' | b'V') {
+            *v = "FATAL".to_owned();
+        }
+    }
+    let mut buf = BytesMut::new();
+    match wire::encode(&e, "ErrorResponse", &mut buf) {
+        Ok(()) => buf,
+        Err(_) => frame.into(),
+    }
+}
+
+/// What a client sees at the end of a login: AuthenticationOk, `params` as
+/// ParameterStatus, BackendKeyData(`pid`, `secret`), ReadyForQuery('I').
+pub fn encode_greeting(
+    params: &ServerParams,
+    pid: i32,
+    secret: i32,
+) -> Result<BytesMut, EncodeError> {
+    let mut buf = BytesMut::with_capacity(512);
+    wire::encode(&Authentication::Ok, "AuthenticationOk", &mut buf)?;
+    for (name, value) in params.iter() {
+        let p = ParameterStatus::new(name.to_owned(), value.to_owned());
+        wire::encode(&p, "ParameterStatus", &mut buf)?;
+    }
+    let key = BackendKeyData::new(pid, SecretKey::I32(secret));
+    wire::encode(&key, "BackendKeyData", &mut buf)?;
+    let ready = ReadyForQuery::new(TransactionStatus::Idle);
+    wire::encode(&ready, "ReadyForQuery", &mut buf)?;
+    Ok(buf)
+}
