@@ -24,7 +24,7 @@ use crate::iam::{
     SystemClock, TokenCache,
 };
 use crate::server::{self, Listener, RunReport};
-use crate::target::TargetContext;
+use crate::target::{Pooling, TargetContext};
 use crate::upstream::connect::Endpoint;
 use crate::upstream::tls::client_config;
 
@@ -103,7 +103,8 @@ pub async fn contexts(
         let endpoint =
             Endpoint::new(&target.host, target.port, tls, keepalive).map_err(StartError)?;
         let target_metrics = metrics.for_target(&target.name);
-        let ctx = Arc::new(TargetContext {
+        let pool_metrics = metrics.pools.clone();
+        let ctx = Arc::new_cyclic(|me| TargetContext {
             name: target.name.clone(),
             endpoint: Arc::new(endpoint),
             region,
@@ -119,6 +120,7 @@ pub async fn contexts(
                 target_metrics.logins_active.clone(),
             ),
             metrics: target_metrics,
+            pooling: Pooling::new(me, &target.name, &target.pool, pool_metrics),
         });
         targets.push((target.clone(), ctx));
     }

@@ -101,6 +101,8 @@ pub struct Metrics {
     pub logins_active: Family<TargetLabel, Gauge>,
     /// Cancel requests by outcome.
     pub cancels: Family<CancelLabels, Counter>,
+    /// The pools' series (labels target, user, database).
+    pub pools: std::sync::Arc<crate::pool::PoolMetrics>,
     /// Times a descriptor was needed and the process had none.
     pub fd_exhausted: Family<FdLabels, Counter>,
 }
@@ -117,6 +119,7 @@ impl Default for Metrics {
             logins_waiting: Family::default(),
             logins_active: Family::default(),
             cancels: Family::default(),
+            pools: std::sync::Arc::default(),
             fd_exhausted: Family::default(),
         }
     }
@@ -271,6 +274,7 @@ impl Metrics {
             "Times the process was out of file descriptors, by what needed one",
             self.fd_exhausted.clone(),
         );
+        self.pools.register(&mut r);
         r.register_collector(Box::new(CacheCollector(cache)));
         r
     }

@@ -1,15 +1,18 @@
 //! One target's shared context: its settings, the upstream endpoint, the token cache and
 //! cancel map (shared by all targets), its login gate and its metrics. Built once at start-up
-//! (`app`), borrowed by every connection of the target.
+//! (`app`), borrowed by every connection of the target. In session pool mode it owns the
+//! target's pools, whose connector holds the target weakly.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use crate::cancel::CancelMap;
-use crate::config::ProxySettings;
+use crate::config::{PoolConfig, PoolMode, ProxySettings};
 use crate::gate::LoginGate;
 use crate::iam::{RoleSpec, TokenCache};
 use crate::metrics::TargetMetrics;
+use crate::pool::{PoolMetrics, Pools, Settings};
 use crate::upstream::connect::Endpoint;
+use crate::upstream::pooled::ServerConnector;
 
 /// Everything a session of one target needs, shared by its connections.
 #[derive(Debug)]
@@ -34,4 +37,45 @@ pub struct TargetContext {
     pub logins: LoginGate,
     /// This target's metrics.
     pub metrics: TargetMetrics,
+    /// Server connection pools (session mode), or `None` for a login per client.
+    pub pooling: Option<Pooling>,
+}
+
+/// A target's pools and how they open connections.
+#[derive(Debug)]
+pub struct Pooling {
+    /// The pools, one per (user, database, options).
+    pub pools: Pools<ServerConnector>,
+    /// Opens their connections (holds the target weakly).
+    pub connector: ServerConnector,
+    /// The settings (the reset query among them).
+    pub config: PoolConfig,
+}
+
+impl Pooling {
+    /// The pools of target `ctx` (which `ctx` will point to once built) for `config`, or
+    /// `None` in pool mode `none`.
+    pub fn new(
+        ctx: &Weak<TargetContext>,
+        name: &str,
+        config: &PoolConfig,
+        metrics: Arc<PoolMetrics>,
+    ) -> Option<Self> {
+        if config.mode != PoolMode::Session {
+            return None;
+        }
+        let settings = Settings {
+            size: config.size,
+            min_idle: config.min_idle,
+            idle_timeout: config.idle_timeout,
+            lifetime: config.lifetime,
+            wait_timeout: config.timeout,
+            ..Settings::default()
+        };
+        Some(Self {
+            pools: Pools::new(name, settings, metrics),
+            connector: ServerConnector::new(ctx.clone()),
+            config: config.clone(),
+        })
+    }
 }

@@ -22,7 +22,15 @@ fn start(si: &StandIn, admin: SocketAddr) -> Running {
     let admin = admin.to_string();
     let mut cmd = Running::command(
         si,
-        &["--handshake-timeout", "120s", "--http-addr", admin.as_str()],
+        // A login per client: every session needs its own upstream descriptor.
+        &[
+            "--handshake-timeout",
+            "120s",
+            "--http-addr",
+            admin.as_str(),
+            "--pool-mode",
+            "none",
+        ],
     );
     // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
     unsafe {

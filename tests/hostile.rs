@@ -263,6 +263,9 @@ async fn logins_are_bounded_queued_in_order_and_abandoned_with_their_client() {
     spec.proxy.http_addr = Some(admin);
     spec.proxy.connect_timeout = Some(Duration::from_secs(60));
     spec.proxy.max_concurrent_logins = Some(1);
+    // A login per client (in session mode a login started for a client that left completes
+    // and the connection waits in the pool for the next one).
+    spec.target.pool_mode = Some(pg_iam_proxy::config::PoolMode::None);
     spec.proxy.login_queue_timeout = Some(Duration::from_secs(2));
     let proxy = spec.start().await;
     let target = "{target=\"127.0.0.1\"}";

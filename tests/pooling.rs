@@ -129,12 +129,14 @@ async fn a_connection_that_is_not_provably_idle_is_never_reused() {
     drop(a);
     backend_gone(&admin, &in_tx).await;
 
-    // Killed in the middle of a query.
-    let a = connect(si, proxy.addr).await;
+    // Killed in the middle of a query (its socket closed; the server is still busy).
+    let (a, a_conn) = pg(proxy.addr, &si.info.iam_user, &si.info.database)
+        .await
+        .expect("connect");
     let mid_query = pid(&a).await;
     assert_ne!(mid_query, in_tx);
     let sleeping = tokio::spawn(async move {
-        let _ = a.simple_query("SELECT pg_sleep(30)").await;
+        let _ = a.simple_query("SELECT pg_sleep(20)").await;
     });
     let running = format!(
         "SELECT count(*) FROM pg_stat_activity WHERE pid = {mid_query} AND state = 'active'"
@@ -142,8 +144,16 @@ async fn a_connection_that_is_not_provably_idle_is_never_reused() {
     while one(&admin, &running).await != "1" {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    a_conn.abort();
     sleeping.abort();
-    let _ = sleeping.await;
+    let b = connect(si, proxy.addr).await;
+    assert_ne!(
+        pid(&b).await,
+        mid_query,
+        "a connection left mid-query is not lent"
+    );
+    drop(b);
+    one(&admin, &format!("SELECT pg_terminate_backend({mid_query})")).await;
     backend_gone(&admin, &mid_query).await;
 
     // In the middle of COPY FROM STDIN.
@@ -178,10 +188,9 @@ async fn a_full_pool_makes_clients_wait_then_says_why() {
     .await;
     let a = connect(si, proxy.addr).await;
     let held = pid(&a).await;
-    let err = pg(proxy.addr, &si.info.iam_user, &si.info.database)
-        .await
-        .err()
-        .expect("no connection within the pool timeout");
+    let Err(err) = pg(proxy.addr, &si.info.iam_user, &si.info.database).await else {
+        panic!("a connection although the pool is full");
+    };
     assert_eq!(code(&err), "53300", "{err}");
     assert!(message(&err).contains("--pool-timeout"), "{err}");
 

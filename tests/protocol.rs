@@ -170,6 +170,9 @@ async fn a_longer_db_user_fits_or_fails_at_once_with_the_overrun() {
     let si = StandIn::shared();
     let mut spec = ProxySpec::new(si);
     spec.target.db_user = Some(si.info.iam_user.clone());
+    // The startup packet is rebuilt per client only for a login of its own (a pooled login
+    // carries user, database and options; the rest is applied with set_config).
+    spec.target.pool_mode = Some(pg_iam_proxy::config::PoolMode::None);
     let proxy = spec.start().await;
     let db = si.info.database.as_str();
     let grow = si.info.iam_user.len() - 1; // the client says user "u"

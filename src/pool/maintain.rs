@@ -1,7 +1,8 @@
 //! The maintenance task of one pool: every `maintain_every` it closes idle connections past
 //! the lifetime or (beyond min-idle) the idle timeout, opens warm-ups up to min-idle through
 //! the pool's connector (each holds a permit and counts as opening), and drops the pool once
-//! it has had no connections and no clients for `empty_pool_ttl`. It stops, closing the idle
+//! it has had no connections and no clients for `empty_pool_ttl` (at once if it never had a
+//! connection: a user or database no one can log in as leaves nothing behind). It stops, closing the idle
 //! connections, when the `Pools` is dropped or shut down.
 
 use std::sync::{Arc, Weak};
@@ -9,7 +10,7 @@ use std::sync::{Arc, Weak};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::metrics::CloseReason;
+use super::metrics::{CloseReason, PoolMetrics};
 use super::pool_core::{close, expired, Core, Entry, Idle};
 use super::{lock, Conn, Connector, Map};
 
@@ -21,11 +22,17 @@ pub(super) fn spawn<C: Connector>(
     core: Arc<Core<C::Conn>>,
     connector: C,
     pools: Weak<Map<C::Conn>>,
+    metrics: Arc<PoolMetrics>,
 ) {
-    tokio::spawn(run(core, connector, pools));
+    tokio::spawn(run(core, connector, pools, metrics));
 }
 
-async fn run<C: Connector>(core: Arc<Core<C::Conn>>, connector: C, pools: Weak<Map<C::Conn>>) {
+async fn run<C: Connector>(
+    core: Arc<Core<C::Conn>>,
+    connector: C,
+    pools: Weak<Map<C::Conn>>,
+    metrics: Arc<PoolMetrics>,
+) {
     let mut tick = tokio::time::interval(core.settings.maintain_every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut empty_since: Option<Instant> = None;
@@ -42,7 +49,12 @@ async fn run<C: Connector>(core: Arc<Core<C::Conn>>, connector: C, pools: Weak<M
             continue;
         }
         let since = *empty_since.get_or_insert(now);
-        if now.duration_since(since) >= core.settings.empty_pool_ttl && remove(&pools, &core) {
+        let ttl = if core.ever_opened() {
+            core.settings.empty_pool_ttl
+        } else {
+            std::time::Duration::ZERO
+        };
+        if now.duration_since(since) >= ttl && remove(&pools, &core, &metrics) {
             tracing::debug!(user = %core.key.user, database = %core.key.database, "dropped empty pool");
             return;
         }
@@ -58,7 +70,9 @@ fn unused<T: Conn>(core: &Arc<Core<T>>) -> bool {
 
 /// Removes the pool from the map if it is still unused (checked under the map's lock, which
 /// a checkout holds while it takes its reference).
-fn remove<T: Conn>(pools: &Weak<Map<T>>, core: &Arc<Core<T>>) -> bool {
+/// The pool's metric series go with it unless another pool of the same user and database
+/// (another `options`) shares them.
+fn remove<T: Conn>(pools: &Weak<Map<T>>, core: &Arc<Core<T>>, metrics: &PoolMetrics) -> bool {
     let Some(pools) = pools.upgrade() else {
         return false;
     };
@@ -67,6 +81,13 @@ fn remove<T: Conn>(pools: &Weak<Map<T>>, core: &Arc<Core<T>>) -> bool {
         return false;
     }
     map.remove(&core.key);
+    let (user, database) = (&core.key.user, &core.key.database);
+    if !map
+        .keys()
+        .any(|k| &k.user == user && &k.database == database)
+    {
+        metrics.forget(&core.series);
+    }
     true
 }
 
@@ -172,6 +193,7 @@ impl<T: Conn> Core<T> {
         let closing = match conn {
             Some(conn) if self.stop.is_cancelled() => Some(conn),
             Some(conn) => {
+                st.ever_opened = true;
                 let entry = Entry { conn, created: now };
                 st.idle.push(Idle { entry, since: now });
                 None

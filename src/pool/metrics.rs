@@ -42,6 +42,17 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason.
+    pub const ALL: [Self; 7] = [
+        Self::IdleTimeout,
+        Self::Lifetime,
+        Self::Broken,
+        Self::ResetFailed,
+        Self::NotIdle,
+        Self::Dropped,
+        Self::Shutdown,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -171,6 +182,28 @@ impl PoolMetrics {
             resets,
             closes: self.closes.clone(),
             labels,
+        }
+    }
+
+    /// Removes the series of a dropped pool.
+    pub(crate) fn forget(&self, series: &PoolSeries) {
+        let labels = &series.labels;
+        self.active.remove(labels);
+        self.idle.remove(labels);
+        self.opening.remove(labels);
+        self.waiting.remove(labels);
+        self.wait_seconds.remove(labels);
+        self.logins.remove(labels);
+        self.login_failures.remove(labels);
+        self.reuses.remove(labels);
+        self.resets.remove(labels);
+        for reason in CloseReason::ALL {
+            self.closes.remove(&CloseLabels {
+                target: labels.target.clone(),
+                user: labels.user.clone(),
+                database: labels.database.clone(),
+                reason,
+            });
         }
     }
 

@@ -172,7 +172,12 @@ impl<C: Connector> Pools<C> {
             series,
             self.stop.child_token(),
         ));
-        maintain::spawn(core.clone(), connector.clone(), Arc::downgrade(&self.pools));
+        maintain::spawn(
+            core.clone(),
+            connector.clone(),
+            Arc::downgrade(&self.pools),
+            self.metrics.clone(),
+        );
         pools.insert(key, core.clone());
         core
     }

@@ -37,6 +37,9 @@ pub(super) struct State<T> {
     /// Warm-ups among `opening`.
     pub warming: usize,
     pub refill_after: Option<Instant>,
+    /// A connection of this pool was ever opened (a pool that never had one is dropped as
+    /// soon as it is unused: its user or database may well not exist).
+    pub ever_opened: bool,
     /// The gauge values last added (idle, active, opening).
     shown: [i64; 3],
 }
@@ -123,6 +126,7 @@ impl<T: Conn> Core<T> {
                 opening: 0,
                 warming: 0,
                 refill_after: None,
+                ever_opened: false,
                 shown: [0; 3],
             }),
             waiting: AtomicUsize::new(0),
@@ -186,6 +190,7 @@ impl<T: Conn> Core<T> {
         st.opening -= 1;
         if ok {
             st.active += 1;
+            st.ever_opened = true;
         }
         self.publish(&mut st);
     }
@@ -225,6 +230,10 @@ impl<T: Conn> Core<T> {
 
 impl<T: Conn> Core<T> {
     /// Whether the pool has no connections at all.
+    pub fn ever_opened(&self) -> bool {
+        lock(&self.state).ever_opened
+    }
+
     pub fn is_empty(&self) -> bool {
         lock(&self.state).total() == 0
     }

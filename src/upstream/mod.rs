@@ -11,5 +11,6 @@ pub mod login;
 pub mod params;
 #[cfg(test)]
 mod params_tests;
+pub mod pooled;
 pub mod reset;
 pub mod tls;

@@ -1,20 +1,22 @@
 //! One client connection through its stages, and nothing else: handshake (client) -> a
-//! server connection (upstream login, see [`crate::upstream::login`]) -> greet (client) ->
-//! relay. Every failure reaches the client as an ErrorResponse.
+//! server connection -> greet (client) -> relay -> release. Every failure reaches the client
+//! as an ErrorResponse. The server connection is either a login of the client's own
+//! ([`direct`], pool mode `none`, replication connections) or lent by the target's pool
+//! ([`pooled`], session mode).
 
-use std::sync::Arc;
+mod direct;
+mod pooled;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use crate::cancel::CancelTarget;
 use crate::client::{self, Hello, StartupInfo};
 use crate::error::{sqlstate, ClientError};
 use crate::relay;
 use crate::target::TargetContext;
-use crate::upstream::login::{open_gated, Failure, ServerConn};
+use crate::upstream::login::Failure;
 use crate::wire;
 
 /// Serves one accepted client connection to the end. A cut before the relay (the client
@@ -63,7 +65,7 @@ async fn or_cut<T>(
     }
 }
 
-async fn session<S>(ctx: &TargetContext, mut client: S, info: StartupInfo, cut: CancellationToken)
+async fn session<S>(ctx: &TargetContext, client: S, info: StartupInfo, cut: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -71,80 +73,52 @@ where
     let span = tracing::Span::current();
     span.record("user", user.as_str());
     span.record("database", info.database.as_str());
-    let mut early = BytesMut::new();
-    // Boxed: the connect/login state is freed before the long relay stage.
-    let opening = Box::pin(open_gated(ctx, user, &info));
-    let opened = tokio::select! {
-        opened = or_cut(&cut, opening) => opened,
-        () = watch_client(&mut client, &mut early) => {
-            ctx.metrics.login_failed("client_left");
-            tracing::debug!("client left before the upstream login completed; login abandoned");
-            return;
+    match &ctx.pooling {
+        Some(pooling) if pooled::poolable(&info) => {
+            pooled::session(ctx, pooling, client, user, info, cut).await
         }
-    };
-    let Some(opened) = opened else {
-        return client::reject(&mut client, &ClientError::admin_shutdown()).await;
-    };
-    let (opened, started) = match opened {
-        Ok(opened) => opened,
-        Err(Failure::Client(e, reason)) => {
+        _ => direct::session(ctx, client, user, info, cut, BytesMut::new()).await,
+    }
+}
+
+/// Tells the client why it got no server connection, and counts it.
+async fn refuse<S>(ctx: &TargetContext, client: &mut S, failure: Failure)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match failure {
+        Failure::Client(e, reason) => {
             ctx.metrics.login_failed(reason);
             tracing::warn!(error = %e, "upstream login failed");
-            return client::reject(&mut client, &e).await;
+            client::reject(client, &e).await;
         }
-        Err(Failure::Server(frame, reason)) => {
+        Failure::Server(frame, reason) => {
             ctx.metrics.login_failed(reason);
-            return client::relay_error(&mut client, &frame).await;
+            client::relay_error(client, &frame).await;
         }
-    };
-    ctx.metrics
-        .connect_seconds
-        .observe(started.elapsed().as_secs_f64());
-    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, addr = %opened.addr, "upstream session open");
-    let ServerConn {
-        mut stream,
-        addr,
-        login,
-        ..
-    } = opened;
-    let guard = ctx.cancels.register(CancelTarget {
-        endpoint: ctx.endpoint.clone(),
-        addr,
-        key: Arc::new(login.key),
-    });
-    let greeting = client::greet(&mut client, &login.server_params, guard.key, &login.ready);
-    if let Err(e) = Box::pin(greeting).await {
-        tracing::debug!(error = %e, "greeting failed");
-        if let client::GreetError::Encode(e) = e {
-            let e = ClientError::new(sqlstate::PROTOCOL_VIOLATION, format!("pg-iam-proxy: {e}"));
-            client::reject(&mut client, &e).await;
-        }
-        let _ = stream.shutdown().await;
-        return;
     }
-    drop((info, login.server_params, login.ready));
-    if !early.is_empty() {
-        // What the client sent while its login ran (nothing, for every driver we know).
-        if let Err(e) = wire::send(&mut stream, &early).await {
+}
+
+/// Passes on what the client sent while its login ran (nothing, for every driver we know);
+/// false if the server is gone.
+async fn send_early<U: AsyncWrite + Unpin>(server: &mut U, early: BytesMut) -> bool {
+    if early.is_empty() {
+        return true;
+    }
+    match wire::send(server, &early).await {
+        Ok(()) => true,
+        Err(e) => {
             tracing::debug!(error = %e, "upstream closed before the client's first message");
-            return;
+            false
         }
-        drop(early);
     }
-    let meters = relay::Meters {
+}
+
+/// The relay's byte counters of target `ctx`.
+fn meters(ctx: &TargetContext) -> relay::Meters<'_> {
+    relay::Meters {
         to_server: &ctx.metrics.to_server,
         to_client: &ctx.metrics.to_client,
-    };
-    let outcome = relay::splice(
-        &mut client,
-        &mut stream,
-        cut,
-        ctx.settings.idle_timeout,
-        meters,
-    )
-    .await;
-    if outcome.ended == relay::Ended::Idle {
-        tracing::info!(timeout = ?ctx.settings.idle_timeout, "idle session closed");
     }
 }
 

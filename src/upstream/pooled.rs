@@ -1,0 +1,137 @@
+//! Server connections as the pool holds them ([`PooledServer`]: a logged-in [`ServerConn`]
+//! with the parameters the server reported at login, the baseline a reset returns to), and
+//! the connector that opens one for a pool key: a login for no client in particular (only
+//! the key's user, database and `options`), through the target's login gate.
+
+use std::future::Future;
+use std::sync::{Arc, Weak};
+
+use bytes::BytesMut;
+use pgwire::messages::response::ErrorResponse;
+use pgwire::messages::startup::BackendKeyData;
+use tokio::io::AsyncWriteExt;
+
+use crate::client::StartupInfo;
+use crate::error::{sqlstate, ClientError};
+use crate::pool::{Conn, Connector, PoolKey, ToClient};
+use crate::target::TargetContext;
+use crate::upstream::login::{open_gated, Failure, ServerConn};
+use crate::upstream::params::ServerParams;
+use crate::upstream::reset::has_pending_input;
+use crate::wire;
+
+/// The Terminate message.
+const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
+
+/// A pooled server connection.
+#[derive(Debug)]
+pub struct PooledServer {
+    /// The connection.
+    pub conn: ServerConn,
+    /// ParameterStatus values of the login: what every client starts from.
+    pub baseline: ServerParams,
+    /// The server's cancel key, shared with the cancel map while a client holds it.
+    pub key: Arc<BackendKeyData>,
+}
+
+impl Conn for PooledServer {
+    fn is_broken(&mut self) -> bool {
+        has_pending_input(&mut self.conn.stream)
+    }
+
+    fn close(self) -> impl Future<Output = ()> + Send {
+        let mut stream = self.conn.stream;
+        async move {
+            let _ = stream.write_all(&TERMINATE).await;
+            let _ = stream.shutdown().await;
+        }
+    }
+}
+
+/// Opens pooled server connections of one target. It holds the target weakly: the target
+/// owns the pools, and the pools hold a connector.
+#[derive(Debug, Clone)]
+pub struct ServerConnector {
+    target: Weak<TargetContext>,
+}
+
+impl ServerConnector {
+    /// A connector for the target `target` will point to.
+    pub fn new(target: Weak<TargetContext>) -> Self {
+        Self { target }
+    }
+}
+
+impl Connector for ServerConnector {
+    type Conn = PooledServer;
+    type Error = Failure;
+
+    fn open(&self, key: &PoolKey) -> impl Future<Output = Result<PooledServer, Failure>> + Send {
+        let (target, key) = (self.target.clone(), key.clone());
+        async move {
+            let ctx = target
+                .upgrade()
+                .ok_or_else(|| Failure::Client(ClientError::admin_shutdown(), "shutdown"))?;
+            let info = StartupInfo {
+                user: key.user.clone(),
+                database: key.database,
+                params: key
+                    .options
+                    .map(|o| vec![("options".to_owned(), o)])
+                    .unwrap_or_default(),
+            };
+            let (conn, started) = open_gated(&ctx, key.user, &info).await?;
+            ctx.metrics
+                .connect_seconds
+                .observe(started.elapsed().as_secs_f64());
+            let baseline = ServerParams::from_login(&conn.login.server_params).map_err(|e| {
+                let e = ClientError::new(
+                    sqlstate::CONNECTION_FAILURE,
+                    format!("pg-iam-proxy: the server's login answer does not parse: {e}"),
+                );
+                Failure::Client(e, "protocol")
+            })?;
+            let real = &conn.login.key;
+            let key = Arc::new(BackendKeyData::new(real.pid, real.secret_key.clone()));
+            Ok(PooledServer {
+                conn,
+                baseline,
+                key,
+            })
+        }
+    }
+}
+
+impl ToClient for Failure {
+    fn to_client(&self) -> ClientError {
+        match self {
+            Failure::Client(e, _) => e.clone(),
+            Failure::Server(frame, _) => server_error(frame),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.to_client().fmt(f)
+    }
+}
+
+/// A server's ErrorResponse as our error type (code and message), for callers that cannot
+/// relay the frame itself.
+fn server_error(frame: &BytesMut) -> ClientError {
+    match wire::decode::<ErrorResponse>(frame.clone(), "ErrorResponse") {
+        Ok(e) => {
+            let field = |t: u8| e.fields.iter().find(|(k, _)| *k == t).map(|(_, v)| v);
+            let code = match field(b'C').map(String::as_str) {
+                Some("28000") | Some("28P01") => sqlstate::INVALID_AUTHORIZATION,
+                _ => sqlstate::CONNECTION_FAILURE,
+            };
+            ClientError::new(code, field(b'M').cloned().unwrap_or_default())
+        }
+        Err(_) => ClientError::new(
+            sqlstate::CONNECTION_FAILURE,
+            "pg-iam-proxy: the server refused the login",
+        ),
+    }
+}
