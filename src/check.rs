@@ -1,21 +1,25 @@
 //! `pg-iam-proxy check`: validates the configuration and walks every step a connection will
 //! take, stopping at the first failure with what to fix: config, credentials (STS
 //! GetCallerIdentity: account and ARN, never secrets), region, DNS, TLS with certificate
-//! verification, and optionally a real login.
+//! verification, what the pool settings mean, and optionally a real login with the pool's
+//! reset query run on it.
 
 use std::collections::HashSet;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_config::SdkConfig;
+use tokio::io::AsyncWriteExt;
+use tokio::time::timeout;
 
 use crate::app::{self, Contexts};
-use crate::config::{self, Config, FileConfig};
+use crate::config::{self, Config, FileConfig, PoolConfig, PoolMode};
 use crate::iam::{load_sdk_config, SystemClock, TokenCache};
 use crate::setup::whoami::caller_identity;
 use crate::target::TargetContext;
 use crate::upstream::connect::connect;
-use crate::upstream::login::check as login_check;
+use crate::upstream::login::{check as login_check, reset, ServerConn};
 
 /// What to check besides the configuration.
 #[derive(Debug, Clone, Default)]
@@ -116,23 +120,78 @@ async fn targets(built: &Contexts, options: &CheckOptions) -> Result<(), Failed>
             ))
         })?;
         ok(&format!("{name}: TLS {} to {addr}", target.tls_mode));
+        ok(&format!("{name}: {}", pool_line(&target.pool)));
         if options.login {
-            login(ctx, options).await?;
+            login(ctx, &target.pool, options).await?;
         }
     }
     Ok(())
 }
 
-async fn login(ctx: &TargetContext, options: &CheckOptions) -> Result<(), Failed> {
+/// What the pool settings mean, in one line.
+fn pool_line(pool: &PoolConfig) -> String {
+    let d = |d: Duration| humantime::format_duration(d).to_string();
+    match pool.mode {
+        PoolMode::None => "pool none: every client gets its own IAM login".to_owned(),
+        PoolMode::Session | PoolMode::Transaction => {
+            format!(
+            "pool {}: up to {} server connections per (user, database, options), {} kept idle, \
+             idle ones closed after {}, none older than {}, reset with {}, clients wait up to {}",
+            if pool.mode == PoolMode::Session { "session" } else { "transaction" },
+            pool.size,
+            pool.min_idle,
+            d(pool.idle_timeout),
+            d(pool.lifetime),
+            pool.reset_query,
+            d(pool.timeout),
+        )
+        }
+    }
+}
+
+async fn login(
+    ctx: &TargetContext,
+    pool: &PoolConfig,
+    options: &CheckOptions,
+) -> Result<(), Failed> {
     let name = &ctx.name;
     let user = ctx
         .db_user
         .clone()
         .or_else(|| options.login_user.clone())
         .ok_or_else(|| Failed(format!("{name}: --login needs --login-user (or --db-user)")))?;
-    login_check(ctx, &user, &options.database)
+    let mut conn = login_check(ctx, &user, &options.database)
         .await
         .map_err(|e| Failed(format!("{name}: login as {user} failed: {e}")))?;
     ok(&format!("{name}: login as {user} to {}", options.database));
-    Ok(())
+    let reset = match pool.mode {
+        PoolMode::None => Ok(()),
+        PoolMode::Session | PoolMode::Transaction => reset_check(ctx, &mut conn, pool).await,
+    };
+    let _ = conn.stream.shutdown().await;
+    reset
+}
+
+/// Runs the reset query on the logged-in connection, as a release back to the pool would.
+async fn reset_check(
+    ctx: &TargetContext,
+    conn: &mut ServerConn,
+    pool: &PoolConfig,
+) -> Result<(), Failed> {
+    let (name, query) = (&ctx.name, &pool.reset_query);
+    let limit = ctx.settings.connect_timeout;
+    match timeout(limit, reset(conn, query)).await {
+        Ok(Ok(())) => {
+            ok(&format!(
+                "{name}: reset query {query} runs on the logged-in connection"
+            ));
+            Ok(())
+        }
+        Ok(Err(e)) => Err(Failed(format!(
+            "{name}: --server-reset-query {query:?} failed on the logged-in connection: {e}"
+        ))),
+        Err(_) => Err(Failed(format!(
+            "{name}: --server-reset-query {query:?} did not finish within {limit:?}"
+        ))),
+    }
 }

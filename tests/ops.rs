@@ -183,7 +183,11 @@ fn check_passes_against_the_stand_in_and_names_each_failure() {
         "ok    localhost: region us-east-1",
         "ok    localhost: DNS localhost -> ",
         "ok    localhost: TLS verify-full to 127.0.0.1:",
+        "ok    localhost: pool session: up to 50 server connections per (user, database, \
+         options), 0 kept idle, idle ones closed after 10m, none older than 1h, reset with \
+         DISCARD ALL, clients wait up to 1m",
         "ok    localhost: login as iam_dbuser to labdb",
+        "ok    localhost: reset query DISCARD ALL runs on the logged-in connection",
         "all checks passed",
     ] {
         assert!(text.contains(line), "{line} missing in\n{text}");
@@ -200,6 +204,46 @@ fn check_passes_against_the_stand_in_and_names_each_failure() {
     );
     assert!(ok, "{text}");
     assert!(text.contains("assumed-role/rdsa-iam-dbuser-role"), "{text}");
+
+    // No pool, no reset: the reset query is not run (nor would it be on release).
+    let none = [
+        &login[..],
+        &["--pool-mode", "none", "--server-reset-query", "SELEC 1"],
+    ];
+    let (ok, text) = check(&si, &none.concat(), &sts);
+    assert!(ok, "{text}");
+    let line = "ok    localhost: pool none: every client gets its own IAM login\n";
+    assert!(text.contains(line), "{line} missing in\n{text}");
+    assert!(!text.contains("reset query"), "{text}");
+
+    // Rows, notices and ParameterStatus from a reset query are read past.
+    let chatty = "SELECT 1; DO $$BEGIN RAISE NOTICE 'hi'; END$$; RESET application_name";
+    let settings = [
+        "--pool-size",
+        "7",
+        "--pool-min-idle",
+        "2",
+        "--server-idle-timeout",
+        "90s",
+        "--server-lifetime",
+        "2h",
+        "--pool-timeout",
+        "5s",
+        "--server-reset-query",
+        chatty,
+    ];
+    let (ok, text) = check(&si, &[&login[..], &settings].concat(), &sts);
+    assert!(ok, "{text}");
+    for line in [
+        format!(
+            "ok    localhost: pool session: up to 7 server connections per (user, database, \
+             options), 2 kept idle, idle ones closed after 1m 30s, none older than 2h, reset \
+             with {chatty}, clients wait up to 5s\n"
+        ),
+        format!("ok    localhost: reset query {chatty} runs on the logged-in connection\n"),
+    ] {
+        assert!(text.contains(&line), "{line} missing in\n{text}");
+    }
 
     let wrong_ca = si.info.wrong_ca_file.to_str().expect("utf8").to_owned();
     let cases: Vec<(Vec<&str>, String, &str)> = vec![
@@ -223,6 +267,18 @@ fn check_passes_against_the_stand_in_and_names_each_failure() {
             ],
             sts.clone(),
             "not an IAM database user",
+        ),
+        (
+            [&login[..], &["--server-reset-query", "SELEC 1"]].concat(),
+            sts.clone(),
+            "FAIL  localhost: --server-reset-query \"SELEC 1\" failed on the logged-in \
+             connection: 42601 | syntax error at or near \"SELEC\"",
+        ),
+        (
+            [&login[..], &["--server-reset-query", "BEGIN"]].concat(),
+            sts.clone(),
+            "FAIL  localhost: --server-reset-query \"BEGIN\" failed on the logged-in \
+             connection: the connection is not idle afterwards (transaction status 'T')",
         ),
         (
             vec![],

@@ -1,13 +1,14 @@
 //! Logging in upstream for no client in particular: a token from the cache (one retry with a
 //! fresh token when the server refuses a cached one), TCP + TLS, and the login, which yields a
 //! [`ServerConn`]: the stream, the address it reached, the server's parameters and key.
-//! [`open_gated`] adds the login gate and the connect timeout; [`check`] is `check --login`.
+//! [`open_gated`] adds the login gate and the connect timeout; [`check`] is `check --login`;
+//! [`reset`] runs a reset query on a connection and reads it back to idle.
 
 use std::time::Instant;
 
 use bytes::BytesMut;
 use pgwire::messages::response::ErrorResponse;
-use tokio::io::AsyncWriteExt;
+use pgwire::messages::simplequery::Query;
 use tokio::time::timeout;
 
 use crate::client::StartupInfo;
@@ -17,7 +18,7 @@ use crate::metrics::FdUse;
 use crate::target::TargetContext;
 use crate::upstream::auth::{login, startup_packet, AuthError, Login, ServerError};
 use crate::upstream::connect::{connect, UpstreamStream};
-use crate::wire;
+use crate::wire::{self, EncodeError, FrameError};
 
 /// A logged-in server connection.
 #[derive(Debug)]
@@ -69,8 +70,9 @@ pub async fn open_gated(
     }
 }
 
-/// Logs in upstream as `user` to `database` and closes again: the `check` command's login.
-pub async fn check(ctx: &TargetContext, user: &str, database: &str) -> Result<(), String> {
+/// Logs in upstream as `user` to `database` within the connect timeout: the `check` command's
+/// login. The caller closes the connection.
+pub async fn check(ctx: &TargetContext, user: &str, database: &str) -> Result<ServerConn, String> {
     let info = StartupInfo {
         user: user.to_owned(),
         database: database.to_owned(),
@@ -82,24 +84,80 @@ pub async fn check(ctx: &TargetContext, user: &str, database: &str) -> Result<()
     )
     .await
     {
-        Ok(Ok(mut opened)) => {
-            let _ = opened.stream.shutdown().await;
-            Ok(())
-        }
+        Ok(Ok(opened)) => Ok(opened),
         Ok(Err(Failure::Client(e, _))) => Err(e.to_string()),
-        Ok(Err(Failure::Server(frame, _))) => Err(
-            match wire::decode::<ErrorResponse>(frame, "ErrorResponse") {
-                Ok(e) => e
-                    .fields
-                    .iter()
-                    .filter(|(k, _)| matches!(k, b'C' | b'M' | b'H'))
-                    .map(|(_, v)| v.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" | "),
-                Err(_) => "the server refused the login".to_owned(),
-            },
-        ),
+        Ok(Err(Failure::Server(frame, _))) => {
+            Err(server_error_text(frame)
+                .unwrap_or_else(|| "the server refused the login".to_owned()))
+        }
         Err(_) => Err(format!("timeout after {:?}", ctx.settings.connect_timeout)),
+    }
+}
+
+/// An ErrorResponse frame as "SQLSTATE | message | hint", or `None` when it does not decode.
+fn server_error_text(frame: BytesMut) -> Option<String> {
+    let e = wire::decode::<ErrorResponse>(frame, "ErrorResponse").ok()?;
+    let text = e
+        .fields
+        .iter()
+        .filter(|(k, _)| matches!(k, b'C' | b'M' | b'H'))
+        .map(|(_, v)| v.as_str())
+        .collect::<Vec<_>>();
+    Some(text.join(" | "))
+}
+
+/// Largest server message accepted while a reset query runs.
+const MAX_RESET_MESSAGE: usize = 1024 * 1024;
+
+/// Why a reset query did not leave the connection idle and reusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ResetError {
+    /// The server answered with an error ("SQLSTATE | message | hint").
+    #[error("{0}")]
+    Server(String),
+    /// ReadyForQuery came back with a status other than idle ('T' in a transaction,
+    /// 'E' in a failed one).
+    #[error("the connection is not idle afterwards (transaction status '{}')", char::from(*.0))]
+    NotIdle(u8),
+    /// A message a reset query must not produce (e.g. a COPY response).
+    #[error("unexpected '{}' message from the server", char::from(*.0))]
+    Unexpected(u8),
+    /// The query did not encode.
+    #[error("{0}")]
+    Encode(#[from] EncodeError),
+    /// The exchange broke.
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+}
+
+/// Runs `query` as a simple Query on an idle server connection and reads to ReadyForQuery,
+/// swallowing rows, notices, notifications and ParameterStatus. Ok only when the server raised
+/// no error and the connection is idle again. The caller bounds it with a timeout.
+pub async fn reset(conn: &mut ServerConn, query: &str) -> Result<(), ResetError> {
+    let mut buf = BytesMut::new();
+    wire::encode(&Query::new(query.to_owned()), "Query", &mut buf)?;
+    wire::send(&mut conn.stream, &buf)
+        .await
+        .map_err(FrameError::Io)?;
+    let mut failed = None;
+    loop {
+        let frame = wire::read_tagged(&mut conn.stream, MAX_RESET_MESSAGE).await?;
+        match frame[0] {
+            b'T' | b'D' | b'C' | b'I' | b'N' | b'A' | b'S' => {}
+            b'E' => {
+                let text = server_error_text(frame);
+                failed = Some(text.unwrap_or_else(|| "malformed ErrorResponse".to_owned()));
+            }
+            b'Z' => {
+                let status = frame.get(5).copied().unwrap_or(0);
+                return match (failed, status) {
+                    (Some(text), _) => Err(ResetError::Server(text)),
+                    (None, b'I') => Ok(()),
+                    (None, other) => Err(ResetError::NotIdle(other)),
+                };
+            }
+            other => return Err(ResetError::Unexpected(other)),
+        }
     }
 }
 
