@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
-use super::pool_core::{Core, Entry, Taken};
+use super::pool_core::{Core, Entry, Taken, WaitFailed};
 use super::{Checkout, Conn, Connector, PoolError};
 
 type Delivery<C> = Result<Checkout<<C as Connector>::Conn>, <C as Connector>::Error>;
@@ -48,8 +48,8 @@ pub(super) async fn checkout<C: Connector>(
 ) -> Result<Checkout<C::Conn>, PoolError<C::Error>> {
     let permit = match core.permit().await {
         Ok(permit) => permit,
-        Err((_, true)) => return Err(PoolError::Closed),
-        Err((waited, false)) => {
+        Err(WaitFailed::Closed) => return Err(PoolError::Closed),
+        Err(WaitFailed::TimedOut(waited)) => {
             return Err(PoolError::Timeout {
                 user: core.key.user.clone(),
                 database: core.key.database.clone(),

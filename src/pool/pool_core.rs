@@ -50,6 +50,15 @@ impl<T> State<T> {
     }
 }
 
+/// Why a client got no permit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WaitFailed {
+    /// The pool timeout passed after this long.
+    TimedOut(Duration),
+    /// The pool was shut down.
+    Closed,
+}
+
 /// What a client holding a permit gets.
 pub(crate) enum Taken<T> {
     /// An idle connection, now counted active.
@@ -133,9 +142,8 @@ impl<T: Conn> Core<T> {
         }
     }
 
-    /// Waits (in arrival order) for a permit, at most the pool timeout. `Err` carries how
-    /// long the client waited and whether the pool was shut down meanwhile.
-    pub async fn permit(&self) -> Result<OwnedSemaphorePermit, (Duration, bool)> {
+    /// Waits (in arrival order) for a permit, at most the pool timeout.
+    pub async fn permit(&self) -> Result<OwnedSemaphorePermit, WaitFailed> {
         let start = Instant::now();
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             self.series.wait_seconds.observe(0.0);
@@ -144,16 +152,17 @@ impl<T: Conn> Core<T> {
         let _waiting = Waiting::new(&self.waiting, &self.series.waiting);
         let acquire = self.permits.clone().acquire_owned();
         let result = if self.settings.wait_timeout.is_zero() {
-            acquire.await.map_err(|_| true)
+            acquire.await.map_err(|_| WaitFailed::Closed)
         } else {
             match tokio::time::timeout(self.settings.wait_timeout, acquire).await {
-                Ok(r) => r.map_err(|_| true),
-                Err(_) => Err(false),
+                Ok(r) => r.map_err(|_| WaitFailed::Closed),
+                Err(_) => Err(WaitFailed::TimedOut(start.elapsed())),
             }
         };
-        let waited = start.elapsed();
-        self.series.wait_seconds.observe(waited.as_secs_f64());
-        result.map_err(|closed| (waited, closed))
+        self.series
+            .wait_seconds
+            .observe(start.elapsed().as_secs_f64());
+        result
     }
 
     /// For a client holding a permit: the newest idle connection that is young enough and not

@@ -119,3 +119,19 @@ async fn an_empty_pool_is_dropped_but_not_while_in_use() {
     assert!(s.pools.stats(&key()).is_none());
     assert!(!s.checkout().await.reused(), "a new pool for the key");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_referenced_by_a_checkout_in_progress_is_not_dropped() {
+    let s = setup(Settings {
+        empty_pool_ttl: Duration::from_secs(20),
+        ..settings()
+    });
+    s.checkout().await.check_in(false);
+    // What a checkout holds between looking the pool up and taking a connection.
+    let in_progress = super::super::lock(&s.pools.pools).get(&key()).cloned();
+    sleep(Duration::from_secs(60)).await;
+    assert_eq!(s.pools.len(), 1, "empty, but a checkout is about to use it");
+    drop(in_progress);
+    sleep(Duration::from_secs(22)).await;
+    assert!(s.pools.is_empty());
+}

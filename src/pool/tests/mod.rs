@@ -202,3 +202,13 @@ async fn until(what: &str, cond: impl Fn() -> bool) {
     }
     panic!("never happened: {what}");
 }
+
+#[test]
+fn pools_and_checkouts_can_move_between_tasks() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+    let s = setup(settings());
+    send_sync(&s.pools);
+    let checkout = s.pools.checkout(key(), &s.fake);
+    send(&checkout);
+}
