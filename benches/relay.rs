@@ -1,28 +1,39 @@
 //! Relay throughput: bytes spliced between two in-memory streams (no sockets, no TLS), so
-//! the number is the proxy's own copying cost.
+//! the number is the proxy's own copying cost: large messages, and 30-byte messages in the
+//! plain and the pooled mode (where each message's type is looked at).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pg_iam_proxy::relay::{splice, Meters};
+use pg_iam_proxy::relay::{splice_with, Meters, Mode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 const TOTAL: usize = 16 * 1024 * 1024;
 
-async fn one_pass() {
+/// 64 KiB of 30-byte CopyData messages (harmless to the pooled mode's verdict).
+fn small_messages() -> Vec<u8> {
+    let mut m = vec![b'd'];
+    m.extend_from_slice(&29u32.to_be_bytes());
+    m.extend_from_slice(&[7; 25]);
+    m.iter().copied().cycle().take(30 * 2184).collect()
+}
+
+async fn one_pass(chunk: &[u8], mode: Mode) {
+    let chunk = chunk.to_vec();
     let (mut client_end, mut proxy_client) = tokio::io::duplex(64 * 1024);
     let (mut proxy_upstream, mut server_end) = tokio::io::duplex(64 * 1024);
+    let chunk_len = chunk.len();
     let relay = tokio::spawn(async move {
-        splice(
+        splice_with(
             &mut proxy_client,
             &mut proxy_upstream,
             CancellationToken::new(),
             None,
             Meters::NONE,
+            mode,
         )
         .await;
     });
     let writer = tokio::spawn(async move {
-        let chunk = vec![7u8; 64 * 1024];
         for _ in 0..TOTAL / chunk.len() {
             client_end.write_all(&chunk).await.expect("write");
         }
@@ -31,7 +42,8 @@ async fn one_pass() {
     });
     let mut buf = vec![0u8; 64 * 1024];
     let mut got = 0;
-    while got < TOTAL {
+    let total = TOTAL / chunk_len * chunk_len;
+    while got < total {
         got += server_end.read(&mut buf).await.expect("read");
     }
     drop(server_end);
@@ -48,8 +60,16 @@ fn bench_relay(c: &mut Criterion) {
     let mut group = c.benchmark_group("relay");
     group.throughput(Throughput::Bytes(TOTAL as u64));
     group.sample_size(20);
+    let big = vec![7u8; 64 * 1024];
+    let small = small_messages();
     group.bench_function("splice 16 MiB client->server", |b| {
-        b.to_async(&rt).iter(one_pass)
+        b.to_async(&rt).iter(|| one_pass(&big, Mode::Plain))
+    });
+    group.bench_function("splice 16 MiB of 30-byte messages, plain", |b| {
+        b.to_async(&rt).iter(|| one_pass(&small, Mode::Plain))
+    });
+    group.bench_function("splice 16 MiB of 30-byte messages, pooled", |b| {
+        b.to_async(&rt).iter(|| one_pass(&small, Mode::Pooled))
     });
     group.finish();
 }

@@ -119,8 +119,11 @@ pub enum ApplyError {
     Encode(#[from] EncodeError),
 }
 
-/// Applies `params` (the client's startup parameters to set after login) in one round trip
+/// Applies `params` (the client's startup parameters to set after login: not `user`,
+/// `database`, `options` or `replication`, which belong to the pool key) in one round trip
 /// within `timeout`; returns `baseline` updated by the ParameterStatus values reported.
+/// On [`ApplyError::Rejected`] the client gets [`fatal`] of the server's error, or, for
+/// [`Rejected::cannot_change_now`], an unpooled login.
 pub async fn apply<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     params: &[(String, String)],
@@ -133,10 +136,13 @@ pub async fn apply<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let request = request(params)?;
     let mut refused = None;
-    let answer = tokio::time::timeout(timeout, exchange(stream, &request, &mut out, &mut refused))
-        .await
-        .map_err(|_| ApplyError::Timeout(timeout))
-        .and_then(|r| r);
+    let answer = tokio::time::timeout(
+        timeout,
+        round_trip(stream, &request, &mut out, &mut refused),
+    )
+    .await
+    .map_err(|_| ApplyError::Timeout(timeout))
+    .and_then(|r| r);
     match (refused, answer) {
         (Some(error), answer) => Err(ApplyError::Rejected(Rejected {
             error,
@@ -171,7 +177,7 @@ fn request(params: &[(String, String)]) -> Result<BytesMut, EncodeError> {
 
 /// Sends `request` and reads to ReadyForQuery, collecting ParameterStatus into `params`
 /// and the first ErrorResponse into `refused`; returns the ReadyForQuery status.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     request: &[u8],
     params: &mut ServerParams,

@@ -74,12 +74,12 @@ pub async fn reset<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<ResetOk, ResetError> {
     let mut buf = BytesMut::new();
     wire::encode(&Query::new(query.to_owned()), "Query", &mut buf)?;
-    tokio::time::timeout(timeout, exchange(stream, &buf))
+    tokio::time::timeout(timeout, round_trip(stream, &buf))
         .await
         .map_err(|_| ResetError::Timeout(timeout))?
 }
 
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     request: &[u8],
 ) -> Result<ResetOk, ResetError> {
