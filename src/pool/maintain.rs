@@ -71,7 +71,7 @@ fn unused<T: Conn>(core: &Arc<Core<T>>) -> bool {
 /// Removes the pool from the map if it is still unused (checked under the map's lock, which
 /// a checkout holds while it takes its reference).
 /// The pool's metric series go with it unless another pool of the same user and database
-/// (another `options`) shares them.
+/// (other startup parameters) shares them.
 fn remove<T: Conn>(pools: &Weak<Map<T>>, core: &Arc<Core<T>>, metrics: &PoolMetrics) -> bool {
     let Some(pools) = pools.upgrade() else {
         return false;

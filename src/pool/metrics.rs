@@ -123,7 +123,7 @@ impl Default for PoolMetrics {
 }
 
 /// The series of one pool, looked up once when the pool is created. Pools whose keys differ
-/// only in `options` share series (gauges move by deltas, so they add up).
+/// only in startup parameters share series (gauges move by deltas, so they add up).
 #[derive(Debug, Clone)]
 pub(crate) struct PoolSeries {
     pub active: Gauge,

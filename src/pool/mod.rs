@@ -1,7 +1,7 @@
 //! Session pooling: server connections that outlive client sessions.
 //!
 //! [`Pools`] holds one pool per [`PoolKey`] (upstream user, database, and the startup
-//! `options`, which cannot be changed after login) of one target. A client calls
+//! parameters the login carries) of one target. A client calls
 //! [`Pools::checkout`] and gets a [`Checkout`]: the most recently used idle server connection
 //! (LIFO), or a new one opened through the caller's [`Connector`] (one IAM login).
 //!
@@ -55,8 +55,10 @@ pub struct PoolKey {
     pub user: String,
     /// The database.
     pub database: String,
-    /// The startup `options` parameter, if the client sent one (it cannot be set after login).
-    pub options: Option<String>,
+    /// The startup parameters the login itself carries, sorted by name: `options` (it cannot
+    /// be set after login) and every parameter whose `RESET` must come back to the client's
+    /// value (a startup parameter is a session default; a `SET` after login is not).
+    pub startup: Vec<(String, String)>,
 }
 
 /// Pool settings, with PgBouncer's meanings. A zero duration disables that limit.

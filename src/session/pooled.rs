@@ -160,22 +160,26 @@ async fn release(mut lent: Checkout<PooledServer>, idle: bool, reset_query: &str
     }
 }
 
-/// The pool key (what only a login can set: user, database, `options`) and the startup
-/// parameters to apply on whichever connection the pool lends.
+/// Startup parameters applied with `set_config` on whichever connection the pool lends
+/// rather than carried by its login: `application_name` differs between the sessions of one
+/// app (pgAdmin names every tab), and a pool per name would cost a login per tab. The one
+/// difference a client can see: `RESET application_name` empties it instead of restoring the
+/// startup value.
+const SET_AFTER_LOGIN: &[&str] = &["application_name"];
+
+/// The pool key (user, database and the startup parameters a login must carry, sorted) and
+/// the parameters to apply on whichever connection the pool lends.
 fn split(user: String, info: &StartupInfo) -> (PoolKey, Vec<(String, String)>) {
-    let mut options = None;
-    let mut settable = Vec::with_capacity(info.params.len());
-    for (k, v) in &info.params {
-        if k == "options" {
-            options = Some(v.clone());
-        } else {
-            settable.push((k.clone(), v.clone()));
-        }
-    }
+    let (mut startup, settable): (Vec<_>, Vec<_>) = info
+        .params
+        .iter()
+        .cloned()
+        .partition(|(k, _)| !SET_AFTER_LOGIN.contains(&k.as_str()));
+    startup.sort();
     let key = PoolKey {
         user,
         database: info.database.clone(),
-        options,
+        startup,
     };
     (key, settable)
 }

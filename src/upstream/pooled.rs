@@ -1,7 +1,7 @@
 //! Server connections as the pool holds them ([`PooledServer`]: a logged-in [`ServerConn`]
 //! with the parameters the server reported at login, the baseline a reset returns to), and
-//! the connector that opens one for a pool key: a login for no client in particular (only
-//! the key's user, database and `options`), through the target's login gate.
+//! the connector that opens one for a pool key: a login for no client in particular (the
+//! key's user, database and startup parameters), through the target's login gate.
 
 use std::future::Future;
 use std::sync::{Arc, Weak};
@@ -75,10 +75,7 @@ impl Connector for ServerConnector {
             let info = StartupInfo {
                 user: key.user.clone(),
                 database: key.database,
-                params: key
-                    .options
-                    .map(|o| vec![("options".to_owned(), o)])
-                    .unwrap_or_default(),
+                params: key.startup,
             };
             let (conn, started) = open_gated(&ctx, key.user, &info).await?;
             ctx.metrics

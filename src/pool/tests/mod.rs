@@ -112,7 +112,7 @@ fn key() -> PoolKey {
     PoolKey {
         user: "app".into(),
         database: "shop".into(),
-        options: None,
+        startup: Vec::new(),
     }
 }
 
