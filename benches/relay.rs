@@ -3,6 +3,7 @@
 //! plain and the pooled mode (where each message's type is looked at).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use pg_iam_proxy::relay::Frames;
 use pg_iam_proxy::relay::{splice_with, Meters, Mode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -74,5 +75,22 @@ fn bench_relay(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_relay);
+/// Following boundaries alone (no I/O): the per-message cost of the header inspection.
+fn bench_frames(c: &mut Criterion) {
+    let stream = small_messages();
+    let mut group = c.benchmark_group("frames");
+    group.throughput(Throughput::Bytes(stream.len() as u64));
+    group.bench_function("advance over 64 KiB of 30-byte messages", |b| {
+        b.iter(|| {
+            let mut f = Frames::default();
+            for chunk in stream.chunks(16 * 1024) {
+                f.advance(std::hint::black_box(chunk));
+            }
+            f
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_relay, bench_frames);
 criterion_main!(benches);
