@@ -4,13 +4,14 @@
 //! server's BackendKeyData.
 
 use bytes::BytesMut;
-use pgwire::messages::response::ErrorResponse;
+
 use pgwire::messages::startup::{Authentication, BackendKeyData, Password};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::client::StartupInfo;
 use crate::error::{sqlstate, ClientError};
 use crate::startup::{self, TooLong};
+use crate::upstream::exchange::server_error;
 use crate::wire::{self, EncodeError, FrameError, MAX_LOGIN_MESSAGE};
 
 /// A completed login.
@@ -99,21 +100,6 @@ impl AuthError {
     }
 }
 
-fn server_error(frame: BytesMut) -> Result<ServerError, FrameError> {
-    let err: ErrorResponse = wire::decode(frame.clone(), "ErrorResponse")?;
-    let field = |t: u8| {
-        err.fields
-            .iter()
-            .find(|(k, _)| *k == t)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
-    Ok(ServerError {
-        code: field(b'C'),
-        message: field(b'M'),
-        frame,
-    })
-}
 
 /// The startup packet for logging in as `user` for the client described by `info`: the
 /// client's parameters in its order, `database` only where the server's default (the user
