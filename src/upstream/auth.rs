@@ -100,7 +100,6 @@ impl AuthError {
     }
 }
 
-
 /// The startup packet for logging in as `user` for the client described by `info`: the
 /// client's parameters in its order, `database` only where the server's default (the user
 /// name) would differ, so the packet grows no more than it must.
