@@ -73,11 +73,22 @@ where
     let span = tracing::Span::current();
     span.record("user", user.as_str());
     span.record("database", info.database.as_str());
+    // Boxed: an idle connection's task holds only the branch it took, not the larger of both.
     match &ctx.pooling {
         Some(pooling) if pooled::poolable(&info) => {
-            pooled::session(ctx, pooling, client, user, info, cut).await
+            Box::pin(pooled::session(ctx, pooling, client, user, info, cut)).await
         }
-        _ => direct::session(ctx, client, user, info, cut, BytesMut::new()).await,
+        _ => {
+            Box::pin(direct::session(
+                ctx,
+                client,
+                user,
+                info,
+                cut,
+                BytesMut::new(),
+            ))
+            .await
+        }
     }
 }
 
