@@ -21,6 +21,7 @@ import resource
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,6 +61,8 @@ def start_proxy(binary, info, port, extra):
             break
     else:
         raise RuntimeError("the proxy did not start")
+    # Keep reading its log: a full pipe would stop the proxy at its next log line.
+    threading.Thread(target=proc.stderr.read, daemon=True).start()
     return proc
 
 

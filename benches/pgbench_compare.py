@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "pg-iam-proxy")
@@ -79,6 +80,8 @@ def start_proxy(info, port, socket_dir, cpus=None):
         text=True, preexec_fn=pinned(cpus))
     for line in proc.stderr:
         if "listening" in line:
+            # Keep reading its log: a full pipe would stop the proxy at its next log line.
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
             return proc
     raise SystemExit("proxy did not start")
 
