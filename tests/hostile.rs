@@ -6,7 +6,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::{pg, ProxySpec, StandIn};
+use support::{pg, startup, ProxySpec, StandIn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -46,22 +46,6 @@ fn error_fields(body: &[u8]) -> (String, String) {
         }
     }
     (code, msg)
-}
-
-fn startup(major: u16, minor: u16, params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&major.to_be_bytes());
-    body.extend_from_slice(&minor.to_be_bytes());
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
-    packet
 }
 
 fn assert_error(frames: &[(u8, Vec<u8>)], want_code: &str, want_text: &str) {

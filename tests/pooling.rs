@@ -331,19 +331,11 @@ async fn reused_connections_cost_no_iam_login_and_terminate_is_not_forwarded() {
 /// returns the pid the greeting's BackendKeyData named.
 async fn raw_session_pid(si: &StandIn, addr: SocketAddr) -> i32 {
     let mut raw = tokio::net::TcpStream::connect(addr).await.expect("raw");
-    let mut body = vec![0, 3, 0, 0];
-    for (k, v) in [
-        ("user", si.info.iam_user.as_str()),
-        ("database", si.info.database.as_str()),
-    ] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
+    let packet = support::startup(
+        3,
+        0,
+        &[("user", &si.info.iam_user), ("database", &si.info.database)],
+    );
     raw.write_all(&packet).await.expect("startup");
     let mut seen = Vec::new();
     while !seen.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {

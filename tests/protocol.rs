@@ -13,18 +13,7 @@ use tokio::net::TcpStream;
 
 /// A startup packet for protocol 3.`minor` with `params` in order.
 fn startup(minor: u16, params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = vec![0, 3];
-    body.extend_from_slice(&minor.to_be_bytes());
-    for (k, v) in params {
-        for s in [k, v] {
-            body.extend_from_slice(s.as_bytes());
-            body.push(0);
-        }
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
-    packet
+    support::startup(3, minor, params)
 }
 
 /// Sends `packet` and reads whole frames until `stop` matches a tag or the peer closes.

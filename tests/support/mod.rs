@@ -345,3 +345,19 @@ pub async fn http_until(addr: SocketAddr, path: &str, want: u16) {
         tokio::task::yield_now().await;
     }
 }
+
+/// A StartupMessage for protocol `major`.`minor` with `params` in order, as raw bytes.
+pub fn startup(major: u16, minor: u16, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = major.to_be_bytes().to_vec();
+    body.extend_from_slice(&minor.to_be_bytes());
+    for (k, v) in params {
+        for s in [k, v] {
+            body.extend_from_slice(s.as_bytes());
+            body.push(0);
+        }
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    packet
+}
