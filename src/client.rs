@@ -194,7 +194,7 @@ pub async fn relay_error<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, fram
     }
     let _ = stream.shutdown().await;
     let drain = async {
-        let mut sink = [0u8; 4096];
+        let mut sink = vec![0u8; 4096]; // on the heap: every caller's future would carry it
         let mut total = 0usize;
         while total < DRAIN_LIMIT {
             match stream.read(&mut sink).await {

@@ -114,6 +114,53 @@ async fn a_reused_connection_carries_nothing_from_the_last_client() {
     assert_eq!(one(&b, "SHOW TimeZone").await, timezone);
 }
 
+/// A client naming itself `app` (as libpq's `application_name` does).
+async fn named(si: &StandIn, addr: SocketAddr, app: &str) -> Client {
+    let conn = format!(
+        "host={} port={} user={} dbname={} application_name={app} sslmode=disable",
+        addr.ip(),
+        addr.port(),
+        si.info.iam_user,
+        si.info.database
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .expect("connect through the proxy");
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_application_name_gives_back_the_name_the_connection_was_opened_for() {
+    let si = StandIn::shared();
+    let proxy = pooled(si, |_| {}).await;
+    let a = named(si, proxy.addr, "orders").await;
+    let first = pid(&a).await;
+    a.batch_execute("SET application_name = 'changed'")
+        .await
+        .expect("set");
+    drop(a);
+
+    // As on a direct login: RESET returns to the name the client connected with.
+    let b = named(si, proxy.addr, "orders").await;
+    assert_eq!(pid(&b).await, first, "the same backend is reused");
+    assert_eq!(one(&b, "SHOW application_name").await, "orders");
+    assert_eq!(
+        one(&b, "RESET application_name; SHOW application_name").await,
+        "orders"
+    );
+    drop(b);
+
+    // Another app on the same connection sees its own name; RESET gives the opener's.
+    let c = named(si, proxy.addr, "billing").await;
+    assert_eq!(pid(&c).await, first, "the same backend is reused");
+    assert_eq!(one(&c, "SHOW application_name").await, "billing");
+    assert_eq!(
+        one(&c, "RESET application_name; SHOW application_name").await,
+        "orders"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_is_not_provably_idle_is_never_reused() {
     let si = StandIn::shared();

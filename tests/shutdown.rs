@@ -191,6 +191,20 @@ async fn a_second_sigterm_cuts_at_once() {
     let (client, _connection) = connect(&via(proxy.addr(), si)).await;
     client.simple_query("select 1").await.expect("query");
     let busy = tokio::spawn(async move { client.simple_query("select pg_sleep(20)").await });
+    // The query must be running before the cut, or the cut may land before it is sent.
+    let (admin, _admin_conn) = connect(&direct(si)).await;
+    let running = "select count(*) from pg_stat_activity where query = 'select pg_sleep(20)'";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while admin
+        .query_one(running, &[])
+        .await
+        .expect("poll")
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the query never started");
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling the server, bounded
+    }
     proxy.signal(libc::SIGTERM);
     proxy.wait_for("SIGTERM: shutting down");
     proxy.wait_for("still accepting for the minimum delay");

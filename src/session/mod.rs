@@ -25,10 +25,11 @@ pub async fn serve<S>(ctx: &TargetContext, mut client: S, cut: CancellationToken
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let handshake = timeout(
+    // Boxed: the handshake's state is freed before the session starts.
+    let handshake = Box::pin(timeout(
         ctx.settings.handshake_timeout,
         client::handshake(&mut client),
-    );
+    ));
     let hello = match or_cut(&cut, handshake).await {
         None => return client::reject(&mut client, &ClientError::admin_shutdown()).await,
         Some(Ok(Ok(hello))) => hello,
@@ -47,7 +48,8 @@ where
     };
     match hello {
         Hello::Cancel(request) => {
-            let forward = ctx.cancels.forward(&request, |o| ctx.metrics.cancel(o));
+            // Boxed: this branch's state is not carried by every session's future.
+            let forward = Box::pin(ctx.cancels.forward(&request, |o| ctx.metrics.cancel(o)));
             let _ = or_cut(&cut, forward).await;
         }
         Hello::Startup(info) => session(ctx, client, info, cut).await,

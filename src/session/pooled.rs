@@ -47,7 +47,8 @@ pub(super) async fn session<S>(
 {
     let (key, settable) = split(user.clone(), &info);
     let mut early = BytesMut::new();
-    let checkout = Box::pin(pooling.pools.checkout(key, &pooling.connector));
+    let connector = pooling.connector.for_client(&settable);
+    let checkout = Box::pin(pooling.pools.checkout(key, &connector));
     let checkout = tokio::select! {
         checkout = or_cut(&cut, checkout) => checkout,
         () = watch_client(&mut client, &mut early) => {
@@ -79,7 +80,8 @@ pub(super) async fn session<S>(
             // A parameter only a login can set: this client gets a login of its own.
             tracing::debug!(code = %r.error.code, "startup parameter needs a login; not pooled");
             release(lent, r.reusable, &pooling.config.reset_query).await;
-            return direct::session(ctx, client, user, info, cut, early).await;
+            let direct = direct::session(ctx, client, user, info, cut, early);
+            return Box::pin(direct).await;
         }
         Err(ApplyError::Rejected(r)) => {
             // As a direct login refuses a bad startup parameter: FATAL, the server's words.
@@ -92,7 +94,9 @@ pub(super) async fn session<S>(
             return refuse(ctx, &mut client, Failure::Client(e, "protocol")).await;
         }
     };
-    serve(ctx, pooling, &mut client, lent, &shown, early, cut).await;
+    // Only the fallback needed these: an idle session keeps as little as it can.
+    drop((user, info, settable));
+    serve(ctx, pooling, &mut client, lent, shown, early, cut).await;
 }
 
 /// Greets the client on the lent connection, relays, and releases the connection.
@@ -101,7 +105,7 @@ async fn serve<S>(
     pooling: &Pooling,
     client: &mut S,
     mut lent: Checkout<PooledServer>,
-    shown: &ServerParams,
+    shown: ServerParams,
     early: BytesMut,
     cut: CancellationToken,
 ) where
@@ -113,7 +117,9 @@ async fn serve<S>(
         addr: server.conn.addr,
         key: Arc::clone(&server.key),
     });
-    let greeting = match params::encode_greeting(shown, guard.key.0, guard.key.1) {
+    let greeting = params::encode_greeting(&shown, guard.key.0, guard.key.1);
+    drop(shown);
+    let greeting = match greeting {
         Ok(greeting) => greeting,
         Err(e) => {
             let e = ClientError::new(sqlstate::PROTOCOL_VIOLATION, format!("pg-iam-proxy: {e}"));
@@ -122,7 +128,9 @@ async fn serve<S>(
             return release(lent, true, &pooling.config.reset_query).await;
         }
     };
-    if wire::send(client, &greeting).await.is_err() {
+    let sent = wire::send(client, &greeting).await;
+    drop(greeting);
+    if sent.is_err() {
         tracing::debug!("client left before the greeting");
         guard.release().await;
         return release(lent, true, &pooling.config.reset_query).await;
@@ -162,9 +170,10 @@ async fn release(mut lent: Checkout<PooledServer>, idle: bool, reset_query: &str
 
 /// Startup parameters applied with `set_config` on whichever connection the pool lends
 /// rather than carried by its login: `application_name` differs between the sessions of one
-/// app (pgAdmin names every tab), and a pool per name would cost a login per tab. The one
-/// difference a client can see: `RESET application_name` empties it instead of restoring the
-/// startup value.
+/// app (pgAdmin names every tab), and a pool per name would cost a login per tab. A new login
+/// carries the name of the client it is opened for, so the clients of that app that come
+/// after it need no `set_config`. The one difference a client can see: on a connection opened
+/// for another name, `RESET application_name` restores that name, not the client's.
 const SET_AFTER_LOGIN: &[&str] = &["application_name"];
 
 /// The pool key (user, database and the startup parameters a login must carry, sorted) and

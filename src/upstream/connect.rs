@@ -17,7 +17,7 @@ use crate::error::{sqlstate, ClientError};
 use crate::fds;
 
 /// A TLS connection to the database.
-pub type UpstreamStream = TlsStream<TcpStream>;
+pub type UpstreamStream = Box<TlsStream<TcpStream>>;
 
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 
@@ -225,5 +225,6 @@ async fn handshake(ep: &Endpoint, mut tcp: TcpStream) -> Result<UpstreamStream, 
     TlsConnector::from(ep.tls.clone())
         .connect(ep.server_name.clone(), tcp)
         .await
+        .map(Box::new)
         .map_err(|source| ConnectError::Tls { endpoint, source })
 }

@@ -30,9 +30,10 @@ const TEXT: u32 = 25;
 pub const CANT_CHANGE_NOW: &str = "55P02";
 
 /// ParameterStatus values in the order the server reported them at login; a name reported
-/// later is appended.
+/// later is appended. Kept packed (`name\0value\0`, one allocation): a pooled server
+/// connection holds its baseline for as long as it lives.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServerParams(Vec<(String, String)>);
+pub struct ServerParams(Vec<u8>);
 
 impl ServerParams {
     /// The values among a login's ParameterStatus frames (NoticeResponse frames among them
@@ -55,29 +56,53 @@ impl ServerParams {
             }
             rest = &rest[frame.len()..];
         }
+        params.0.shrink_to_fit();
         Ok(params)
     }
 
     /// The value of `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
 
     /// Sets `name` in place, or appends it.
     pub fn set(&mut self, name: String, value: String) {
-        match self.0.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, v)) => *v = value,
-            None => self.0.push((name, value)),
+        if self.get(&name) == Some(value.as_str()) {
+            return;
         }
+        let mut out = Vec::with_capacity(self.0.len() + value.len() + name.len() + 2);
+        let mut replaced = false;
+        for (n, v) in self.iter() {
+            let v = if n == name {
+                replaced = true;
+                value.as_str()
+            } else {
+                v
+            };
+            push_pair(&mut out, n, v);
+        }
+        if !replaced {
+            push_pair(&mut out, &name, &value);
+        }
+        self.0 = out;
     }
 
     /// (name, value) in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+        // Only whole pairs of valid UTF-8 ever enter (they come from decoded Strings).
+        let mut fields = self
+            .0
+            .split(|b| *b == 0)
+            .map(|f| std::str::from_utf8(f).unwrap_or_default());
+        std::iter::from_fn(move || Some((fields.next()?, fields.next()?)))
     }
+}
+
+fn push_pair(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    out.extend_from_slice(value.as_bytes());
+    out.push(0);
 }
 
 /// The server refused a parameter (the whole batch was rolled back).
@@ -131,10 +156,15 @@ pub async fn apply<S: AsyncRead + AsyncWrite + Unpin>(
     timeout: Duration,
 ) -> Result<ServerParams, ApplyError> {
     let mut out = baseline.clone();
+    // A value the connection already has (its login carried it) needs no round trip.
+    let params: Vec<_> = params
+        .iter()
+        .filter(|(name, value)| baseline.get(name) != Some(value.as_str()))
+        .collect();
     if params.is_empty() {
         return Ok(out);
     }
-    let request = request(params)?;
+    let request = request(&params)?;
     let mut refused = None;
     let answer = tokio::time::timeout(
         timeout,
@@ -155,7 +185,7 @@ pub async fn apply<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Parse once, Bind + Execute per parameter, Sync.
-fn request(params: &[(String, String)]) -> Result<BytesMut, EncodeError> {
+fn request(params: &[&(String, String)]) -> Result<BytesMut, EncodeError> {
     let mut buf = BytesMut::new();
     let parse = Parse::new(None, SET_CONFIG.to_owned(), vec![TEXT, TEXT]);
     wire::encode(&parse, "Parse", &mut buf)?;

@@ -53,12 +53,29 @@ impl Conn for PooledServer {
 #[derive(Debug, Clone)]
 pub struct ServerConnector {
     target: Weak<TargetContext>,
+    /// Parameters outside the pool key that a new login carries anyway: those of the client
+    /// it is opened for (see [`ServerConnector::for_client`]).
+    carried: Vec<(String, String)>,
 }
 
 impl ServerConnector {
     /// A connector for the target `target` will point to.
     pub fn new(target: Weak<TargetContext>) -> Self {
-        Self { target }
+        Self {
+            target,
+            carried: Vec::new(),
+        }
+    }
+
+    /// This connector for a client whose settable parameters (`application_name`) are
+    /// `params`: a login it opens carries them, so the connection's own value (the one a
+    /// reset returns to) is that client's, and the clients after it with the same value,
+    /// usually every client of an app, need no `set_config` round trip at checkout.
+    pub fn for_client(&self, params: &[(String, String)]) -> Self {
+        Self {
+            target: self.target.clone(),
+            carried: params.to_vec(),
+        }
     }
 }
 
@@ -68,14 +85,17 @@ impl Connector for ServerConnector {
 
     fn open(&self, key: &PoolKey) -> impl Future<Output = Result<PooledServer, Failure>> + Send {
         let (target, key) = (self.target.clone(), key.clone());
+        let carried = self.carried.clone();
         async move {
             let ctx = target
                 .upgrade()
                 .ok_or_else(|| Failure::Client(ClientError::admin_shutdown(), "shutdown"))?;
+            let mut params = key.startup;
+            params.extend(carried);
             let info = StartupInfo {
                 user: key.user.clone(),
                 database: key.database,
-                params: key.startup,
+                params,
             };
             let (conn, started) = open_gated(&ctx, key.user, &info).await?;
             ctx.metrics
@@ -88,6 +108,9 @@ impl Connector for ServerConnector {
                 );
                 Failure::Client(e, "protocol")
             })?;
+            // The raw frames served direct greetings; the baseline replaces them here.
+            let mut conn = conn;
+            conn.login.server_params = BytesMut::new();
             let real = &conn.login.key;
             let key = Arc::new(BackendKeyData::new(real.pid, real.secret_key.clone()));
             Ok(PooledServer {
