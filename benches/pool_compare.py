@@ -6,6 +6,10 @@ Contenders (one invocation, interleaved rounds, the start order rotating every r
   direct      client -> PostgreSQL over TLS (verify-full), IAM token login (iam_dbuser)
   floor       client -> examples/floor_relay -> PostgreSQL, TLS end to end: a relay that only
               copies bytes, the least any proxy can cost
+  floor-tls   client -> examples/floor_tls -> PostgreSQL: declines the client's TLS, opens
+              verified TLS to the server, copies bytes (tokio, rustls; no parsing, no pooling;
+              the client answers the password request itself): the least a relay that
+              terminates the server's TLS can cost, as the proxy and PgBouncer do
   pgbouncer   client -> PgBouncer 1.18 (Debian package), pool_mode=session, server TLS
               verify-full with the stand-in's CA; PgBouncer cannot do IAM, so it logs in as the
               stand-in's password user (plain_user, SCRAM); clients are trusted
@@ -13,7 +17,7 @@ Contenders (one invocation, interleaved rounds, the start order rotating every r
               `none` (one login per client) and `session` when `run --help` offers --pool-mode
               (an older binary is measured as `none`, without the flag)
 
-Figures (medians; ratios against PgBouncer, the floor relay and direct TLS):
+Figures (medians; ratios against PgBouncer, the two floor relays and direct TLS):
   (a) connect per transaction: pgbench -n -C -S -c 4 -j 2 -T SECONDS, plus the IAM logins the
       stand-in checked while each proxy ran (its decisions log has one line per token check);
       target: >= 1.0x PgBouncer with IAM logins <= the pool size
@@ -26,6 +30,8 @@ Figures (medians; ratios against PgBouncer, the floor relay and direct TLS):
 
     python3 benches/pool_compare.py [--rounds 3] [--seconds 5] [--quick]
                                     [--bin target/release/pg-iam-proxy] [--connects 200] [--idle 200]
+
+floor-tls is built with `cargo build --release --example floor_tls` (in $CARGO_TARGET_DIR if set).
 
 PgBouncer is installed with apt-get if missing (root). The proxy is built (`cargo build
 --release`) only when --bin is not given and the binary is missing or older than the sources.
@@ -92,6 +98,14 @@ def ensure_proxy(args):
     return DEFAULT_BIN
 
 
+def ensure_floor_tls():
+    """The TLS-terminating floor uses the crate's own tokio and rustls: a cargo example."""
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    subprocess.run(["cargo", "build", "--release", "--locked", "--quiet", "--example", "floor_tls"],
+                   cwd=ROOT, check=True)
+    return os.path.join(target, "release", "examples", "floor_tls")
+
+
 def ensure_floor():
     """The copy-only relay uses std alone: rustc builds it in seconds, no cargo profile needed."""
     if not os.path.exists(FLOOR) or os.path.getmtime(FLOOR) < os.path.getmtime(FLOOR_SRC):
@@ -153,6 +167,12 @@ def start_proxy(binary, info, flags):
         env=aws_env(info), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, proc, "pg-iam-proxy")
     return proc, port
+
+
+def start_floor_tls(binary, info):
+    proc = subprocess.Popen([binary, "127.0.0.1:0", f"127.0.0.1:{info['port']}", "localhost", info["ca_file"]],
+                            stdout=subprocess.PIPE, text=True)
+    return proc, int(proc.stdout.readline().rsplit(":", 1)[1])
 
 
 def start_floor(info):
@@ -262,7 +282,7 @@ def ratio_table(values, unit, higher_better=True, fmt="{:.0f}", extra_cols=None)
     Returns {(name, baseline): median ratio}."""
     names = list(values)
     medians = {}
-    bases = [b for b in ("pgbouncer", "floor", "direct") if b in values]
+    bases = [b for b in ("pgbouncer", "floor", "floor-tls", "direct") if b in values]
     rows = len(next(iter(values.values())))
     header = f"  {'':15s} {unit:>12s} " + " ".join(f"{'x ' + b:>12s}" for b in bases)
     if extra_cols:
@@ -351,7 +371,7 @@ def first_result(args, contenders, info):
             startup[r.c["name"]].append(ready * 1e6)
             time.sleep(args.gap_ms / 1000)  # let a pool take the connection back (reset) first
     p50s = {n: statistics.median(v) for n, v in times.items()}
-    bases = [b for b in ("pgbouncer", "floor", "direct") if b in p50s]
+    bases = [b for b in ("pgbouncer", "floor", "floor-tls", "direct") if b in p50s]
     print(f"  {'':15s} {'p50 us':>8s} {'p95 us':>8s} {'ready p50':>10s}  "
           + " ".join(f"{'x ' + b:>11s}" for b in bases) + "  IAM logins")
     for n, v in times.items():
@@ -425,7 +445,9 @@ def summary(proxies, connect, logins, steady, p50s, per_client):
         print(f"  {n}:")
         print(f"    (a) connect per transaction {a:.3f}x PgBouncer [{verdict(a >= 1.0)}]; "
               f"{logins[n]} IAM logins [{verdict(logins[n] <= POOL_SIZE)}]")
-        print(f"    (b) steady state {b:.3f}x PgBouncer [{verdict(b >= 1.0)}], {f:.3f}x floor [{verdict(f >= 1.0)}]")
+        ft = steady.get((n, "floor-tls"), 0)
+        print(f"    (b) steady state {b:.3f}x PgBouncer [{verdict(b >= 1.0)}], {f:.3f}x floor [{verdict(f >= 1.0)}]"
+              f" ({ft:.3f}x floor-tls, the floor for a relay that terminates TLS)")
         print(f"    (c) connect to first result p50 {p50s[n] / 1000:.2f} ms [{verdict(p50s[n] <= 1000)}]")
         print("    (d) " + (f"{mem:.1f} KiB per idle client [{verdict(mem <= 16)}]" if mem is not None
                             else "not measured"))
@@ -433,7 +455,7 @@ def summary(proxies, connect, logins, steady, p50s, per_client):
 
 # --- main --------------------------------------------------------------------------------------
 
-def contenders_for(info, token, floor_port, bouncer_port, proxies):
+def contenders_for(info, token, floor_port, floor_tls_port, bouncer_port, proxies):
     direct_env = dict(os.environ, PGSSLMODE="verify-full", PGSSLROOTCERT=info["ca_file"])
     plain_env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
     plain_env["PGSSLMODE"] = "disable"
@@ -443,6 +465,8 @@ def contenders_for(info, token, floor_port, bouncer_port, proxies):
              tls=tls, token=token),
         dict(name="floor", host="localhost", port=floor_port, user=info["iam_user"], env=direct_env,
              tls=tls, token=token),
+        dict(name="floor-tls", host="127.0.0.1", port=floor_tls_port, user=info["iam_user"], env=plain_env,
+             token=token),
         dict(name="pgbouncer", host="127.0.0.1", port=bouncer_port, user=info["plain_user"], env=plain_env),
     ]
     out += [dict(name=name, host="127.0.0.1", port=port, user=info["iam_user"], env=plain_env)
@@ -465,6 +489,7 @@ def main():
         args.rounds, args.seconds, args.connects, args.idle, args.scale = 1, 2, 30, 50, 1
     binary = ensure_proxy(args)
     ensure_floor()
+    floor_tls_bin = ensure_floor_tls()
     bouncer_bin = ensure_pgbouncer()
     modes, has_pool_size = pool_modes(binary)
     print(f"proxy {binary}: modes {', '.join(n for n, _ in modes)}"
@@ -477,6 +502,8 @@ def main():
         prepare_data(info, args.scale)
         token = Token(binary, info)
         floor, floor_port = start_floor(info)
+        floor_tls, floor_tls_port = start_floor_tls(floor_tls_bin, info)
+        procs.append(floor_tls)
         bouncer, bouncer_port = start_pgbouncer(bouncer_bin, info, os.path.join(workdir, "run"), POOL_SIZE, 200)
         procs += [floor, bouncer]
         proxies = []
@@ -484,7 +511,7 @@ def main():
             proc, port = start_proxy(binary, info, flags)
             procs.append(proc)
             proxies.append((name, port))
-        contenders = contenders_for(info, token, floor_port, bouncer_port, proxies)
+        contenders = contenders_for(info, token, floor_port, floor_tls_port, bouncer_port, proxies)
         pool_note = f"pool size {POOL_SIZE}"
 
         tps, logins = interleaved(args, contenders, info, "(a) connect per transaction", ["-C"], 4)
