@@ -100,8 +100,9 @@ pub async fn contexts(
         let tls = client_config(target.ca_file.as_deref(), target.tls_mode)
             .map_err(|e| StartError(e.to_string()))?;
         let keepalive = config.proxy.tcp_keepalive;
-        let endpoint =
-            Endpoint::new(&target.host, target.port, tls, keepalive).map_err(StartError)?;
+        let endpoint = Endpoint::new(&target.host, target.port, tls, keepalive)
+            .map_err(StartError)?
+            .routed(&config.proxy.connect_to);
         let target_metrics = metrics.for_target(&target.name);
         let pool_metrics = metrics.pools.clone();
         let ctx = Arc::new_cyclic(|me| TargetContext {

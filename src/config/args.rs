@@ -197,6 +197,16 @@ pub struct ProxyArgs {
     #[arg(long, env = "PG_IAM_PROXY_LOGIN_QUEUE_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
     pub login_queue_timeout: Option<Duration>,
+    /// Connect to HOST2:PORT2 whenever the proxy would connect to HOST1:PORT1, while the IAM
+    /// token is still signed for and the certificate verified against HOST1 (an SSH tunnel or
+    /// bastion port forward). Repeatable; in the environment, comma-separated.
+    #[arg(
+        long,
+        env = "PG_IAM_PROXY_CONNECT_TO",
+        value_name = "HOST1:PORT1:HOST2:PORT2",
+        value_delimiter = ','
+    )]
+    pub connect_to: Option<Vec<String>>,
 }
 
 /// The TOML file's shape.

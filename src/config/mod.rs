@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::iam::RoleSpec;
+use crate::upstream::connect_to::ConnectTo;
 
 mod args;
 pub use args::{FileConfig, PoolMode, ProxyArgs, TargetArgs, TlsMode};
@@ -69,6 +70,8 @@ pub struct ProxySettings {
     pub max_concurrent_logins: usize,
     /// See [`ProxyArgs::login_queue_timeout`].
     pub login_queue_timeout: Duration,
+    /// See [`ProxyArgs::connect_to`]: the rules, in order.
+    pub connect_to: Vec<ConnectTo>,
 }
 
 /// One validated target.
@@ -219,6 +222,7 @@ pub fn build(
             .login_queue_timeout
             .or(f.login_queue_timeout)
             .unwrap_or(secs(60)),
+        connect_to: connect_to(c, f)?,
     };
     if proxy.quitquitquit && proxy.http_addr.is_none() {
         return Err(ConfigError::Invalid(
@@ -280,6 +284,21 @@ fn credentials_timeout(
         )));
     }
     Ok(given)
+}
+
+/// The `--connect-to` rules (flags/env replace the file's list), parsed.
+fn connect_to(c: &ProxyArgs, f: &ProxyArgs) -> Result<Vec<ConnectTo>, ConfigError> {
+    let given = c.connect_to.as_ref().or(f.connect_to.as_ref());
+    given
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            r.parse()
+                .map_err(|e: crate::upstream::connect_to::ConnectToError| {
+                    ConfigError::Invalid(e.to_string())
+                })
+        })
+        .collect()
 }
 
 fn target(t: TargetArgs) -> Result<Target, ConfigError> {

@@ -61,8 +61,9 @@ pub async fn open_gated(
             ClientError::new(
                 sqlstate::UNABLE_TO_CONNECT,
                 format!(
-                    "pg-iam-proxy: timeout connecting to {}:{} after {:?}",
-                    ctx.endpoint.host, ctx.endpoint.port, ctx.settings.connect_timeout
+                    "pg-iam-proxy: timeout connecting to {} after {:?}",
+                    ctx.endpoint.describe(),
+                    ctx.settings.connect_timeout
                 ),
             ),
             "timeout",

@@ -1,4 +1,4 @@
-//! The upstream side: TCP + TLS to the database ([`connect`], [`tls`]) and the login as the
+//! The upstream side: TCP + TLS to the database ([`connect`], [`tls`], [`connect_to`]) and the login as the
 //! IAM database user with a token as the password ([`auth`]), put together for no client in
 //! particular in [`login`]; for pooled connections, the reset between clients ([`reset`])
 //! and the next client's startup parameters and greeting ([`params`]), both reading answers
@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod connect;
+pub mod connect_to;
 pub mod exchange;
 pub mod login;
 pub mod params;
