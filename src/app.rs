@@ -27,6 +27,7 @@ use crate::server::{self, Listener, RunReport};
 use crate::target::{Pooling, TargetContext};
 use crate::upstream::connect::Endpoint;
 use crate::upstream::tls::client_config;
+use crate::upstream::topology::Topology;
 
 /// Start-up failed; the message says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +104,14 @@ pub async fn contexts(
         let endpoint = Endpoint::new(&target.host, target.port, tls, keepalive)
             .map_err(StartError)?
             .routed(&config.proxy.connect_to);
+        let topology = Topology::for_target(
+            &target.name,
+            &endpoint,
+            target.instance_host_pattern.as_ref(),
+            &config.proxy.connect_to,
+            metrics.topology.for_target(&target.name),
+        )
+        .map(Arc::new);
         let target_metrics = metrics.for_target(&target.name);
         let pool_metrics = metrics.pools.clone();
         let ctx = Arc::new_cyclic(|me| TargetContext {
@@ -122,6 +131,8 @@ pub async fn contexts(
             ),
             metrics: target_metrics,
             pooling: Pooling::new(me, &target.name, &target.pool, pool_metrics),
+            topology,
+            me: me.clone(),
         });
         targets.push((target.clone(), ctx));
     }

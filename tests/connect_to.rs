@@ -84,7 +84,10 @@ async fn verify_full_checks_the_named_host_not_the_address_connected_to() {
         .expect_err("certificate does not name 127.0.0.2");
     assert_eq!(code(&e), "08006", "{e}");
     let text = message(&e);
-    assert!(text.contains("via localhost") && text.contains("TLS"), "{text}");
+    assert!(
+        text.contains("via localhost") && text.contains("TLS"),
+        "{text}"
+    );
 }
 
 #[test]

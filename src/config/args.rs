@@ -93,6 +93,15 @@ pub struct TargetArgs {
     #[arg(long, env = "PG_IAM_PROXY_POOL_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
     pub pool_timeout: Option<Duration>,
+    /// Aurora instance endpoints: `?` stands for the instance identifier [default: from a
+    /// cluster endpoint `<name>.cluster-<id>.<region>.rds.amazonaws.com`:
+    /// `?.<id>.<region>.rds.amazonaws.com`]. Given, it turns topology routing on for any host.
+    #[arg(
+        long,
+        env = "PG_IAM_PROXY_INSTANCE_HOST_PATTERN",
+        value_name = "PATTERN"
+    )]
+    pub instance_host_pattern: Option<String>,
 }
 
 /// How server connections are shared.
@@ -132,6 +141,7 @@ impl TargetArgs {
             server_lifetime: s.server_lifetime.or(o.server_lifetime),
             server_reset_query: s.server_reset_query.or(o.server_reset_query),
             pool_timeout: s.pool_timeout.or(o.pool_timeout),
+            instance_host_pattern: s.instance_host_pattern.or(o.instance_host_pattern),
         }
     }
 }

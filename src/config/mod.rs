@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::iam::RoleSpec;
 use crate::upstream::connect_to::ConnectTo;
+use crate::upstream::topology::HostPattern;
 
 mod args;
 pub use args::{FileConfig, PoolMode, ProxyArgs, TargetArgs, TlsMode};
@@ -99,6 +100,8 @@ pub struct Target {
     pub role: Option<RoleSpec>,
     /// Server connection pooling.
     pub pool: PoolConfig,
+    /// Aurora instance endpoints, when given (else derived from a cluster endpoint).
+    pub instance_host_pattern: Option<HostPattern>,
 }
 
 /// A target's pool settings, defaults applied (PgBouncer's meanings).
@@ -311,6 +314,12 @@ fn target(t: TargetArgs) -> Result<Target, ConfigError> {
             "--role-session-name and --external-id need --role-arn".into(),
         ));
     }
+    let instance_host_pattern = t
+        .instance_host_pattern
+        .as_deref()
+        .map(HostPattern::parse)
+        .transpose()
+        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
     let role = t.role_arn.map(|arn| RoleSpec {
         arn,
         session_name: t.role_session_name,
@@ -328,6 +337,7 @@ fn target(t: TargetArgs) -> Result<Target, ConfigError> {
         db_user: t.db_user,
         role,
         pool,
+        instance_host_pattern,
     })
 }
 

@@ -773,6 +773,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--region", default="us-east-1", help="region tokens must be signed for")
     parser.add_argument("--cluster", action="store_true",
                         help="an Aurora-like cluster: writer + streaming replica, failover (standin_cluster.py)")
+    parser.add_argument("--instances", type=int, default=2, help="--cluster: how many instances (default 2)")
     parser.add_argument("--ignore-stdin", action="store_true", help="run until SIGTERM/SIGINT only")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     parser.add_argument("--reap", type=Path, help=argparse.SUPPRESS)
@@ -801,7 +802,7 @@ def main(argv=None) -> int:
     if args.cluster:
         import standin_cluster
 
-        standin = standin_cluster.ClusterStandin(args.region, args.sts)
+        standin = standin_cluster.ClusterStandin(args.region, args.sts, args.instances)
     else:
         standin = Standin(args.port, args.region, args.sts, args.max_connections)
     atexit.register(standin.cleanup)
