@@ -2,7 +2,7 @@
 //! take, stopping at the first failure with what to fix: config, credentials (STS
 //! GetCallerIdentity: account and ARN, never secrets), region, DNS, TLS with certificate
 //! verification, what the pool settings mean, and optionally a real login with the pool's
-//! reset query run on it.
+//! reset query run on it and, on an Aurora cluster endpoint, the topology it sees.
 
 use std::collections::HashSet;
 use std::process::ExitCode;
@@ -172,6 +172,10 @@ async fn login(
         .await
         .map_err(|e| Failed(format!("{name}: login as {user} failed: {e}")))?;
     ok(&format!("{name}: login as {user} to {}", options.database));
+    if let Some(topo) = &ctx.topology {
+        let line = crate::upstream::topology::describe(topo, &mut conn).await;
+        ok(&format!("{name}: {line}"));
+    }
     let reset = match pool.mode {
         PoolMode::None => Ok(()),
         PoolMode::Session | PoolMode::Transaction => reset_check(ctx, &mut conn, pool).await,

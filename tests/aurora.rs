@@ -208,3 +208,29 @@ async fn a_plain_postgres_target_is_unaffected_even_with_a_host_pattern() {
         "no topology for a plain server: {body}"
     );
 }
+
+#[test]
+fn check_prints_the_topology_through_connect_to() {
+    let si = StandIn::start_with(&["--cluster", "--sts"]);
+    let c = si.cluster().clone();
+    let mut cmd = std::process::Command::new(support::running::BIN);
+    cmd.args(["check", "--host", &c.cluster_host, "--ca-file"])
+        .arg(&si.info.ca_file)
+        .args(["--login", "--login-user", &si.info.iam_user])
+        .args(["--database", &si.info.database])
+        .envs(si.aws_env())
+        .env("PG_IAM_PROXY_CONNECT_TO", c.connect_to.join(","))
+        .env(
+            "AWS_ENDPOINT_URL_STS",
+            si.info.sts_endpoint.clone().expect("moto"),
+        );
+    let (ok, out) = support::run_joined(&mut cmd);
+    assert!(ok, "{out}");
+    let inst = |n: usize| format!("{} ({})", c.instances[n].id, c.instances[n].host);
+    let line = format!(
+        "Aurora topology (logged in on inst-1): writer {}; readers {}; new connections go to the writer",
+        inst(0),
+        inst(1)
+    );
+    assert!(out.contains(&line), "{out}");
+}

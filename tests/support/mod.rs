@@ -123,7 +123,7 @@ impl StandIn {
         serde_json::from_str(&reply).expect("a JSON reply")
     }
 
-    fn start_with(args: &[&str]) -> StandIn {
+    pub fn start_with(args: &[&str]) -> StandIn {
         let logs = repo().join("target/standin-logs");
         std::fs::create_dir_all(&logs).expect("log dir");
         let log = logs.join(format!("{}-{}.log", std::process::id(), unique()));

@@ -15,13 +15,19 @@
 //!
 //! A target whose server has no Aurora functions (plain RDS, any PostgreSQL) keeps using its
 //! endpoint as before. Files: [`names`] (endpoints and patterns), [`probe`] (the query),
-//! [`monitor`] (the task), [`open`] (logins through the topology), [`metrics`].
+//! [`monitor`] (the task), [`open`] (logins through the topology), [`metrics`], and
+//! `describe` (what `check` prints).
 
+mod describe;
 pub mod metrics;
 pub mod monitor;
 pub mod names;
 pub mod open;
 pub mod probe;
+#[cfg(test)]
+mod tests;
+
+pub use describe::describe;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
