@@ -27,6 +27,7 @@ fails). The cluster names are not moved anywhere: whatever a test maps them to w
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import threading
@@ -46,6 +47,8 @@ CLUSTER_NAME = "standin"
 CLUSTER_ID = "c0standin0001"
 VIRTUAL_PORT = 5432
 MASTER = "MASTER_SESSION_ID"
+
+log = logging.getLogger("standin")
 
 
 def aurora_sql(topology_file: Path) -> str:
@@ -196,9 +199,13 @@ aurora.instance_id = '{inst.id}'
         self._psql(inst.port, DATABASE, labdb_sql())
 
     def _start(self, inst: Instance) -> None:
-        run(self.server_user.argv([
-            str(self.bindir / "pg_ctl"), "start", "-D", str(inst.data), "-w", "-t", "60", "-l", str(inst.log),
-        ]), cwd=self.dir)
+        try:
+            run(self.server_user.argv([
+                str(self.bindir / "pg_ctl"), "start", "-D", str(inst.data), "-w", "-t", "60", "-l", str(inst.log),
+            ]), cwd=self.dir)
+        except RuntimeError as exc:
+            tail = inst.log.read_text(errors="replace")[-1500:] if inst.log.exists() else ""
+            raise RuntimeError(f"{exc}\n{inst.id}.log:\n{tail}") from None
 
     def _follow(self, inst: Instance, primary: Instance) -> None:
         """Make inst a standby of primary (settings, standby.signal)."""
@@ -283,9 +290,12 @@ aurora.instance_id = '{inst.id}'
                 f"--source-server=host={self.dir} port={new.port} user={BOOTSTRAP_SUPERUSER} dbname=postgres",
             ]), cwd=self.dir)
             self._follow(old, new)
-        except RuntimeError:
+            self._start(old)
+        except RuntimeError as exc:
+            log.info("rejoining %s by pg_rewind failed (%s); taking a new base backup", old.id, exc)
+            stop_postgres(self.bindir, old.data, self.server_user, self.dir)
             self._clone(old, new)
-        self._start(old)
+            self._start(old)
         self._wait_streaming(new, old)
 
     # -- describe ---------------------------------------------------------
