@@ -2,7 +2,7 @@
 //! [`POLL`]; a fault (reported by a login, the connection closing or saying something while
 //! idle, a poll that disagrees) starts a switch: every known instance is probed in parallel
 //! (a fresh login each, [`PROBE_TIMEOUT`]) every [`FAST`] until exactly one says it is the
-//! writer, for at most [`SWITCH_LIMIT`]. Tokens for every instance are kept warm, so a
+//! writer (the rest answering within [`GRACE`] after it), for at most [`SWITCH_LIMIT`]. Tokens for every instance are kept warm, so a
 //! failover never waits on signing. It ends when the target is dropped or turns out not to
 //! be Aurora.
 
@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 
@@ -28,6 +28,9 @@ pub const POLL: Duration = Duration::from_secs(2);
 pub const FAST: Duration = Duration::from_millis(100);
 /// One probe's bound (login and query).
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the other probes of a round may still answer once one instance said it is the
+/// writer.
+pub const GRACE: Duration = Duration::from_millis(250);
 /// How long a switch may look for a single writer before new logins stop waiting for it.
 pub const SWITCH_LIMIT: Duration = Duration::from_secs(60);
 
@@ -72,14 +75,15 @@ async fn run(ctx: Weak<TargetContext>, topo: Arc<Topology>, who: Who) {
             warm(&target, &topo, &who).await;
         }
         drop(target);
-        tokio::select! {
-            () = tokio::time::sleep(POLL) => {}
-            () = topo.faulted() => {}
-            () = stirred(&conn) => {
-                tracing::info!(target = %topo.target, "the writer closed the monitor's connection");
-                close(conn.take()).await;
-                topo.fault("monitor connection");
-            }
+        let spoke = tokio::select! {
+            () = tokio::time::sleep(POLL) => false,
+            () = topo.faulted() => false,
+            () = stirred(&mut conn) => true,
+        };
+        if spoke {
+            tracing::info!(target = %topo.target, "the writer spoke on or closed the idle monitor connection");
+            close(conn.take()).await;
+            topo.fault("monitor connection");
         }
     }
 }
@@ -105,12 +109,7 @@ async fn poll(
     let report = timeout(PROBE_TIMEOUT, ask(c))
         .await
         .map_err(|_| ProbeError::Timeout)??;
-    let agreed = report.writer
-        && report
-            .members
-            .iter()
-            .any(|m| m.writer && m.id == report.instance);
-    if agreed {
+    if agrees(&report) {
         topo.set(&report.instance, &report.members);
         return Ok(());
     }
@@ -130,9 +129,8 @@ async fn switch(ctx: &Arc<TargetContext>, topo: &Arc<Topology>, who: &Who, seed:
     let mut ids: BTreeSet<String> = topo.instances().into_iter().chain(seed).collect();
     while started.elapsed() < SWITCH_LIMIT {
         let round = Instant::now();
-        let reports = probe_all(ctx, topo, who, &ids).await;
-        let writers: Vec<&Report> = reports.iter().filter(|r| r.writer).collect();
-        if let [writer] = writers[..] {
+        let (writer, reports) = probe_all(ctx, topo, who, &ids).await;
+        if let Some(writer) = writer {
             topo.set(&writer.instance, &writer.members);
             return;
         }
@@ -147,13 +145,16 @@ async fn switch(ctx: &Arc<TargetContext>, topo: &Arc<Topology>, who: &Who, seed:
     topo.give_up_switch();
 }
 
-/// Asks every instance in `ids` at once; the answers that came.
+/// Asks every instance in `ids` at once. The writer, when exactly one instance said it is
+/// one (and its topology agrees), and every answer that came. Once a writer answered, the
+/// others get [`GRACE`] more to contradict it: an instance that does not answer (down,
+/// restarting) does not hold the switch back for the whole probe timeout.
 async fn probe_all(
     ctx: &Arc<TargetContext>,
     topo: &Arc<Topology>,
     who: &Who,
     ids: &BTreeSet<String>,
-) -> Vec<Report> {
+) -> (Option<Report>, Vec<Report>) {
     let mut set = JoinSet::new();
     for ep in ids.iter().filter_map(|id| topo.endpoint(id)) {
         let (ctx, who) = (ctx.clone(), who.clone());
@@ -164,13 +165,39 @@ async fn probe_all(
             report.map_err(|_| ProbeError::Timeout)?
         });
     }
-    let mut reports = Vec::new();
-    while let Some(done) = set.join_next().await {
+    let mut reports: Vec<Report> = Vec::new();
+    let mut until: Option<Instant> = None;
+    loop {
+        let next = match until {
+            Some(t) => match tokio::time::timeout_at(t, set.join_next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+            None => set.join_next().await,
+        };
+        let Some(done) = next else { break };
         if let Ok(Ok(report)) = done {
+            if agrees(&report) && until.is_none() {
+                until = Some(Instant::now() + GRACE);
+            }
             reports.push(report);
         }
     }
-    reports
+    let mut writers = reports.iter().filter(|r| r.writer);
+    let writer = match (writers.next(), writers.next()) {
+        (Some(w), None) if agrees(w) => Some(w.clone()),
+        _ => None,
+    };
+    (writer, reports)
+}
+
+/// The instance says it is the writer and its topology names it so.
+fn agrees(report: &Report) -> bool {
+    report.writer
+        && report
+            .members
+            .iter()
+            .any(|m| m.writer && m.id == report.instance)
 }
 
 async fn login(
@@ -204,12 +231,15 @@ async fn warm(ctx: &TargetContext, topo: &Topology, who: &Who) {
     }
 }
 
-/// Resolves when the idle connection has something to read (an error before the server
-/// goes away, or EOF); never without one.
-async fn stirred(conn: &Option<ServerConn>) {
+/// Resolves when the idle connection has something to say (through TLS: an ErrorResponse
+/// before the server goes away, or the end); never without a connection. What it read is
+/// lost: the caller closes the connection.
+async fn stirred(conn: &mut Option<ServerConn>) {
     match conn {
         Some(c) => {
-            let _ = c.stream.get_ref().0.readable().await;
+            let mut byte = [0u8; 1];
+            let read = c.stream.read(&mut byte).await;
+            tracing::debug!(?read, byte = byte[0], "idle monitor connection stirred");
         }
         None => std::future::pending().await,
     }
