@@ -78,6 +78,13 @@ async fn after_a_failover_writes_reach_the_new_writer_within_2s_despite_stale_dn
     assert_eq!(write_once(proxy.addr, &si, 1000).await, Ok("inst-1".into()));
     let writer = format!("pg_iam_proxy_aurora_writer{{target=\"{target}\",instance=\"inst-1\"}}");
     metric_until(metrics, &writer, 1.0).await;
+    // Tokens: the cluster endpoint's (bootstrap), then one per instance, kept warm.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while proxy.cache.stats().signings < 3 {
+        assert!(Instant::now() < deadline, "{:?}", proxy.cache.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let signed_before = proxy.cache.stats().signings;
     // A session held on the old writer, and idle pooled connections to it (min-idle 2).
     let (held, _h) = pg(proxy.addr, &si.info.iam_user, &si.info.database)
         .await
@@ -130,6 +137,11 @@ async fn after_a_failover_writes_reach_the_new_writer_within_2s_despite_stale_dn
             Ok("inst-2".into())
         );
     }
+    assert_eq!(
+        proxy.cache.stats().signings,
+        signed_before,
+        "the failover waited on no signing: the new writer's token was warm"
+    );
     let stale = format!("pg_iam_proxy_pool_server_closes_total{{target=\"{target}\"");
     let closed_stale = {
         let (_, body) = http(metrics, "GET", "/metrics").await;
