@@ -93,9 +93,9 @@ pub struct TargetArgs {
     #[arg(long, env = "PG_IAM_PROXY_POOL_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
     pub pool_timeout: Option<Duration>,
-    /// Aurora instance endpoints: `?` stands for the instance identifier [default: from a
-    /// cluster endpoint `<name>.cluster-<id>.<region>.rds.amazonaws.com`:
-    /// `?.<id>.<region>.rds.amazonaws.com`]. Given, it turns topology routing on for any host.
+    /// Aurora instance endpoints: `?` stands for the instance identifier. Given, it turns
+    /// topology routing on for any host; by default a cluster endpoint
+    /// `NAME.cluster-ID.REGION.rds.amazonaws.com` gives `?.ID.REGION.rds.amazonaws.com`.
     #[arg(
         long,
         env = "PG_IAM_PROXY_INSTANCE_HOST_PATTERN",
