@@ -27,6 +27,7 @@ use crate::server::{self, Listener, RunReport};
 use crate::target::{Pooling, TargetContext};
 use crate::upstream::connect::Endpoint;
 use crate::upstream::tls::client_config;
+use crate::upstream::topology::Topology;
 
 /// Start-up failed; the message says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -100,8 +101,17 @@ pub async fn contexts(
         let tls = client_config(target.ca_file.as_deref(), target.tls_mode)
             .map_err(|e| StartError(e.to_string()))?;
         let keepalive = config.proxy.tcp_keepalive;
-        let endpoint =
-            Endpoint::new(&target.host, target.port, tls, keepalive).map_err(StartError)?;
+        let endpoint = Endpoint::new(&target.host, target.port, tls, keepalive)
+            .map_err(StartError)?
+            .routed(&config.proxy.connect_to);
+        let topology = Topology::for_target(
+            &target.name,
+            &endpoint,
+            target.instance_host_pattern.as_ref(),
+            &config.proxy.connect_to,
+            metrics.topology.for_target(&target.name),
+        )
+        .map(Arc::new);
         let target_metrics = metrics.for_target(&target.name);
         let pool_metrics = metrics.pools.clone();
         let ctx = Arc::new_cyclic(|me| TargetContext {
@@ -121,6 +131,8 @@ pub async fn contexts(
             ),
             metrics: target_metrics,
             pooling: Pooling::new(me, &target.name, &target.pool, pool_metrics),
+            topology,
+            me: me.clone(),
         });
         targets.push((target.clone(), ctx));
     }

@@ -2,7 +2,7 @@
 //! take, stopping at the first failure with what to fix: config, credentials (STS
 //! GetCallerIdentity: account and ARN, never secrets), region, DNS, TLS with certificate
 //! verification, what the pool settings mean, and optionally a real login with the pool's
-//! reset query run on it.
+//! reset query run on it and, on an Aurora cluster endpoint, the topology it sees.
 
 use std::collections::HashSet;
 use std::process::ExitCode;
@@ -104,14 +104,22 @@ async fn targets(built: &Contexts, options: &CheckOptions) -> Result<(), Failed>
     for (target, ctx) in &built.targets {
         let name = &ctx.name;
         ok(&format!("{name}: region {}", ctx.region));
-        let addrs: Vec<_> = tokio::net::lookup_host((target.host.as_str(), target.port))
+        let (dial_host, dial_port) = &ctx.endpoint.dial;
+        let addrs: Vec<_> = tokio::net::lookup_host((dial_host.as_str(), *dial_port))
             .await
-            .map_err(|e| Failed(format!("{name}: cannot resolve {}: {e}", target.host)))?
+            .map_err(|e| Failed(format!("{name}: cannot resolve {dial_host}: {e}")))?
             .map(|a| a.ip().to_string())
             .collect();
+        let via = if dial_host != &target.host || *dial_port != target.port {
+            format!(
+                " (--connect-to {}:{} -> {dial_host}:{dial_port})",
+                target.host, target.port
+            )
+        } else {
+            String::new()
+        };
         ok(&format!(
-            "{name}: DNS {} -> {}",
-            target.host,
+            "{name}: DNS {dial_host} -> {}{via}",
             addrs.join(", ")
         ));
         let (_stream, addr) = connect(&ctx.endpoint).await.map_err(|e| {
@@ -164,6 +172,10 @@ async fn login(
         .await
         .map_err(|e| Failed(format!("{name}: login as {user} failed: {e}")))?;
     ok(&format!("{name}: login as {user} to {}", options.database));
+    if let Some(topo) = &ctx.topology {
+        let line = crate::upstream::topology::describe(topo, &mut conn).await;
+        ok(&format!("{name}: {line}"));
+    }
     let reset = match pool.mode {
         PoolMode::None => Ok(()),
         PoolMode::Session | PoolMode::Transaction => reset_check(ctx, &mut conn, pool).await,

@@ -18,7 +18,8 @@
 //! Modules: [`cli`], [`commands`] and [`app`] (start-up), [`config`], [`server`] (accept,
 //! drain), [`target`] (one target's shared context), [`session`] (the stages above, nothing
 //! else), [`client`], [`startup`], [`upstream`] (connect, TLS, auth, and [`upstream::login`]:
-//! a server connection for no client in particular), [`gate`] (the login queue), [`relay`],
+//! a server connection for no client in particular; [`upstream::topology`]: where an Aurora
+//! cluster endpoint's new connections go), [`gate`] (the login queue), [`relay`],
 //! [`cancel`], [`wire`], [`error`], [`fds`], [`iam`], [`logging`].
 
 pub mod app;

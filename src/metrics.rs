@@ -105,6 +105,8 @@ pub struct Metrics {
     pub pools: std::sync::Arc<crate::pool::PoolMetrics>,
     /// Times a descriptor was needed and the process had none.
     pub fd_exhausted: Family<FdLabels, Counter>,
+    /// Aurora topology (writer, changes, failovers).
+    pub topology: crate::upstream::topology::metrics::TopologyFamilies,
 }
 
 impl Default for Metrics {
@@ -121,6 +123,7 @@ impl Default for Metrics {
             cancels: Family::default(),
             pools: std::sync::Arc::default(),
             fd_exhausted: Family::default(),
+            topology: Default::default(),
         }
     }
 }
@@ -275,6 +278,7 @@ impl Metrics {
             self.fd_exhausted.clone(),
         );
         self.pools.register(&mut r);
+        self.topology.register(&mut r);
         r.register_collector(Box::new(CacheCollector(cache)));
         r
     }

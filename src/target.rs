@@ -1,7 +1,8 @@
 //! One target's shared context: its settings, the upstream endpoint, the token cache and
 //! cancel map (shared by all targets), its login gate and its metrics. Built once at start-up
 //! (`app`), borrowed by every connection of the target. In session pool mode it owns the
-//! target's pools, whose connector holds the target weakly.
+//! target's pools, whose connector holds the target weakly. On an Aurora cluster endpoint
+//! it holds the topology, which decides where new connections go.
 
 use std::sync::{Arc, Weak};
 
@@ -13,6 +14,7 @@ use crate::metrics::TargetMetrics;
 use crate::pool::{PoolMetrics, Pools, Settings};
 use crate::upstream::connect::Endpoint;
 use crate::upstream::pooled::ServerConnector;
+use crate::upstream::topology::Topology;
 
 /// Everything a session of one target needs, shared by its connections.
 #[derive(Debug)]
@@ -39,6 +41,10 @@ pub struct TargetContext {
     pub metrics: TargetMetrics,
     /// Server connection pools (session mode), or `None` for a login per client.
     pub pooling: Option<Pooling>,
+    /// The Aurora topology, for a target on a cluster or reader endpoint.
+    pub topology: Option<Arc<Topology>>,
+    /// This context, weakly (for the tasks it starts, such as the topology monitor).
+    pub me: Weak<TargetContext>,
 }
 
 /// A target's pools and how they open connections.

@@ -93,6 +93,15 @@ pub struct TargetArgs {
     #[arg(long, env = "PG_IAM_PROXY_POOL_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
     pub pool_timeout: Option<Duration>,
+    /// Aurora instance endpoints: `?` stands for the instance identifier. Given, it turns
+    /// topology routing on for any host; by default a cluster endpoint
+    /// `NAME.cluster-ID.REGION.rds.amazonaws.com` gives `?.ID.REGION.rds.amazonaws.com`.
+    #[arg(
+        long,
+        env = "PG_IAM_PROXY_INSTANCE_HOST_PATTERN",
+        value_name = "PATTERN"
+    )]
+    pub instance_host_pattern: Option<String>,
 }
 
 /// How server connections are shared.
@@ -132,6 +141,7 @@ impl TargetArgs {
             server_lifetime: s.server_lifetime.or(o.server_lifetime),
             server_reset_query: s.server_reset_query.or(o.server_reset_query),
             pool_timeout: s.pool_timeout.or(o.pool_timeout),
+            instance_host_pattern: s.instance_host_pattern.or(o.instance_host_pattern),
         }
     }
 }
@@ -197,6 +207,16 @@ pub struct ProxyArgs {
     #[arg(long, env = "PG_IAM_PROXY_LOGIN_QUEUE_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
     pub login_queue_timeout: Option<Duration>,
+    /// Connect to HOST2:PORT2 whenever the proxy would connect to HOST1:PORT1, while the IAM
+    /// token is still signed for and the certificate verified against HOST1 (an SSH tunnel or
+    /// bastion port forward). Repeatable; in the environment, comma-separated.
+    #[arg(
+        long,
+        env = "PG_IAM_PROXY_CONNECT_TO",
+        value_name = "HOST1:PORT1:HOST2:PORT2",
+        value_delimiter = ','
+    )]
+    pub connect_to: Option<Vec<String>>,
 }
 
 /// The TOML file's shape.

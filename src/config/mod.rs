@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::iam::RoleSpec;
+use crate::upstream::connect_to::ConnectTo;
+use crate::upstream::topology::HostPattern;
 
 mod args;
 pub use args::{FileConfig, PoolMode, ProxyArgs, TargetArgs, TlsMode};
@@ -69,6 +71,8 @@ pub struct ProxySettings {
     pub max_concurrent_logins: usize,
     /// See [`ProxyArgs::login_queue_timeout`].
     pub login_queue_timeout: Duration,
+    /// See [`ProxyArgs::connect_to`]: the rules, in order.
+    pub connect_to: Vec<ConnectTo>,
 }
 
 /// One validated target.
@@ -96,6 +100,8 @@ pub struct Target {
     pub role: Option<RoleSpec>,
     /// Server connection pooling.
     pub pool: PoolConfig,
+    /// Aurora instance endpoints, when given (else derived from a cluster endpoint).
+    pub instance_host_pattern: Option<HostPattern>,
 }
 
 /// A target's pool settings, defaults applied (PgBouncer's meanings).
@@ -219,6 +225,7 @@ pub fn build(
             .login_queue_timeout
             .or(f.login_queue_timeout)
             .unwrap_or(secs(60)),
+        connect_to: connect_to(c, f)?,
     };
     if proxy.quitquitquit && proxy.http_addr.is_none() {
         return Err(ConfigError::Invalid(
@@ -282,6 +289,21 @@ fn credentials_timeout(
     Ok(given)
 }
 
+/// The `--connect-to` rules (flags/env replace the file's list), parsed.
+fn connect_to(c: &ProxyArgs, f: &ProxyArgs) -> Result<Vec<ConnectTo>, ConfigError> {
+    let given = c.connect_to.as_ref().or(f.connect_to.as_ref());
+    given
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            r.parse()
+                .map_err(|e: crate::upstream::connect_to::ConnectToError| {
+                    ConfigError::Invalid(e.to_string())
+                })
+        })
+        .collect()
+}
+
 fn target(t: TargetArgs) -> Result<Target, ConfigError> {
     let pool = pool_config(&t)?;
     let host = t.host.filter(|h| !h.is_empty()).ok_or_else(|| {
@@ -292,6 +314,12 @@ fn target(t: TargetArgs) -> Result<Target, ConfigError> {
             "--role-session-name and --external-id need --role-arn".into(),
         ));
     }
+    let instance_host_pattern = t
+        .instance_host_pattern
+        .as_deref()
+        .map(HostPattern::parse)
+        .transpose()
+        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
     let role = t.role_arn.map(|arn| RoleSpec {
         arn,
         session_name: t.role_session_name,
@@ -309,6 +337,7 @@ fn target(t: TargetArgs) -> Result<Target, ConfigError> {
         db_user: t.db_user,
         role,
         pool,
+        instance_host_pattern,
     })
 }
 

@@ -182,3 +182,26 @@ fn pool_settings_default_to_session_pooling_and_are_checked() {
         assert!(err.to_string().contains(want), "{args}: {err}");
     }
 }
+
+#[test]
+fn connect_to_rules_parse_in_order_and_flags_replace_the_file() {
+    let file = parse(
+        "[proxy]\nconnect_to = [\"a:5432:127.0.0.1:1\", \"b:5432:127.0.0.1:2\"]\n\
+         [defaults]\nhost = \"a\"\n",
+    );
+    let c = build(&ProxyArgs::default(), &TargetArgs::default(), &file).expect("valid");
+    let froms: Vec<_> = c.proxy.connect_to.iter().map(|r| r.to_string()).collect();
+    assert_eq!(froms, ["a:5432:127.0.0.1:1", "b:5432:127.0.0.1:2"]);
+    let flags = ProxyArgs {
+        connect_to: Some(vec!["c:1:d:2".into()]),
+        ..ProxyArgs::default()
+    };
+    let c = build(&flags, &TargetArgs::default(), &file).expect("valid");
+    assert_eq!(c.proxy.connect_to.len(), 1);
+    let bad = ProxyArgs {
+        connect_to: Some(vec!["c:1:d".into()]),
+        ..ProxyArgs::default()
+    };
+    let e = build(&bad, &TargetArgs::default(), &file).expect_err("invalid");
+    assert!(e.to_string().contains("--connect-to \"c:1:d\""), "{e}");
+}

@@ -155,6 +155,9 @@ impl<T: Conn> Core<T> {
             if expired(s, idle.entry.created, now) {
                 discard.push((idle.entry.conn, CloseReason::Lifetime));
                 left -= 1;
+            } else if !(self.current)(&idle.entry.conn) {
+                discard.push((idle.entry.conn, CloseReason::Stale));
+                left -= 1;
             } else if timed_out {
                 discard.push((idle.entry.conn, CloseReason::IdleTimeout));
                 left -= 1;

@@ -39,11 +39,14 @@ pub enum CloseReason {
     Dropped,
     /// The pools were shut down.
     Shutdown,
+    /// The connector says the connection's server is no longer the right one (an Aurora
+    /// failover moved the writer elsewhere).
+    Stale,
 }
 
 impl CloseReason {
     /// Every reason.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::IdleTimeout,
         Self::Lifetime,
         Self::Broken,
@@ -51,6 +54,7 @@ impl CloseReason {
         Self::NotIdle,
         Self::Dropped,
         Self::Shutdown,
+        Self::Stale,
     ];
 
     /// The label value.
@@ -63,6 +67,7 @@ impl CloseReason {
             Self::NotIdle => "not_idle",
             Self::Dropped => "dropped",
             Self::Shutdown => "shutdown",
+            Self::Stale => "stale",
         }
     }
 }

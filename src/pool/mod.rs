@@ -168,11 +168,13 @@ impl<C: Connector> Pools<C> {
             return core.clone();
         }
         let series = self.metrics.series(&self.target, &key);
+        let judge = connector.clone();
         let core = Arc::new(Core::new(
             key.clone(),
             self.settings,
             series,
             self.stop.child_token(),
+            Box::new(move |conn: &C::Conn| judge.is_current(conn)),
         ));
         maintain::spawn(
             core.clone(),

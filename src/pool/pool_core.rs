@@ -67,9 +67,13 @@ pub(crate) enum Taken<T> {
     Open,
 }
 
+/// Whether a connection still goes to the right server ([`super::Connector::is_current`]).
+pub(crate) type Current<T> = Box<dyn Fn(&T) -> bool + Send + Sync>;
+
 /// One pool.
 pub(crate) struct Core<T> {
     pub key: PoolKey,
+    pub(super) current: Current<T>,
     pub settings: Settings,
     pub series: PoolSeries,
     pub stop: CancellationToken,
@@ -122,9 +126,11 @@ impl<T: Conn> Core<T> {
         settings: Settings,
         series: PoolSeries,
         stop: CancellationToken,
+        current: Current<T>,
     ) -> Self {
         Self {
             key,
+            current,
             permits: Arc::new(Semaphore::new(settings.size)),
             settings,
             series,
@@ -174,6 +180,8 @@ impl<T: Conn> Core<T> {
         while let Some(mut idle) = st.idle.pop() {
             if expired(&self.settings, idle.entry.created, now) {
                 discard.push((idle.entry.conn, CloseReason::Lifetime));
+            } else if !(self.current)(&idle.entry.conn) {
+                discard.push((idle.entry.conn, CloseReason::Stale));
             } else if idle.entry.conn.is_broken() {
                 discard.push((idle.entry.conn, CloseReason::Broken));
             } else {
@@ -211,6 +219,8 @@ impl<T: Conn> Core<T> {
             Some(CloseReason::Shutdown)
         } else if expired(&self.settings, entry.created, now) {
             Some(CloseReason::Lifetime)
+        } else if !(self.current)(&entry.conn) {
+            Some(CloseReason::Stale)
         } else {
             None
         };

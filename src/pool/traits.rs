@@ -31,4 +31,11 @@ pub trait Connector: Clone + Send + Sync + 'static {
     /// Opens (connects and logs in) a new server connection for `key`. It must bound its own
     /// time (connect and login timeouts): the pool does not cancel an open that has begun.
     fn open(&self, key: &PoolKey) -> impl Future<Output = Result<Self::Conn, Self::Error>> + Send;
+
+    /// Whether `conn` still goes to the right server (after an Aurora failover, one to the
+    /// old writer does not). A stale connection is never handed out: it is closed at
+    /// checkout, at check-in and by the maintenance task. Cheap and non-blocking.
+    fn is_current(&self, _conn: &Self::Conn) -> bool {
+        true
+    }
 }

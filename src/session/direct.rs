@@ -54,10 +54,11 @@ pub(super) async fn session<S>(
         mut stream,
         addr,
         login,
+        endpoint,
         ..
     } = opened;
     let guard = ctx.cancels.register(CancelTarget {
-        endpoint: ctx.endpoint.clone(),
+        endpoint,
         addr,
         key: Arc::new(login.key),
     });

@@ -113,7 +113,7 @@ async fn serve<S>(
 {
     let server = lent.conn_mut();
     let guard = ctx.cancels.register(CancelTarget {
-        endpoint: ctx.endpoint.clone(),
+        endpoint: server.conn.endpoint.clone(),
         addr: server.conn.addr,
         key: Arc::clone(&server.key),
     });

@@ -1,6 +1,7 @@
 //! TCP and TLS to the database: resolve on every connection (Aurora endpoints move on
 //! failover), connect with TCP keepalive, send SSLRequest, require exactly the byte 'S',
-//! then a verified rustls handshake with SNI.
+//! then a verified rustls handshake with SNI. With `--connect-to` the TCP connection goes
+//! elsewhere ([`Endpoint::dial`]) while SNI and verification keep the endpoint's own name.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use super::connect_to::{route, ConnectTo};
 use crate::error::{sqlstate, ClientError};
 use crate::fds;
 
@@ -34,6 +36,8 @@ pub struct Endpoint {
     pub server_name: ServerName<'static>,
     /// TCP keepalive idle time, if on.
     pub keepalive: Option<Duration>,
+    /// Where TCP really goes (`--connect-to`); `host`/`port` unless a rule matched.
+    pub dial: (String, u16),
 }
 
 impl Endpoint {
@@ -52,7 +56,24 @@ impl Endpoint {
             tls,
             server_name,
             keepalive,
+            dial: (host.to_owned(), port),
         })
+    }
+
+    /// The endpoint with TCP sent where the first matching `--connect-to` rule says.
+    pub fn routed(mut self, rules: &[ConnectTo]) -> Self {
+        self.dial = route(rules, &self.host, self.port);
+        self
+    }
+
+    /// `host:port`, plus ` via dial-host:port` when `--connect-to` redirects it.
+    pub fn describe(&self) -> String {
+        let (dh, dp) = &self.dial;
+        if dh == &self.host && *dp == self.port {
+            format!("{}:{}", self.host, self.port)
+        } else {
+            format!("{}:{} (via {dh}:{dp})", self.host, self.port)
+        }
     }
 }
 
@@ -157,11 +178,12 @@ pub fn tune_socket(stream: &TcpStream, idle: Option<Duration>) -> std::io::Resul
 
 /// Resolves the endpoint now and connects to the first address that answers.
 pub async fn connect(ep: &Endpoint) -> Result<(UpstreamStream, SocketAddr), ConnectError> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((ep.host.as_str(), ep.port))
+    let (dial_host, dial_port) = (&ep.dial.0, ep.dial.1);
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((dial_host.as_str(), dial_port))
         .await
         .map_err(|source| {
             ConnectError::unless_out_of_fds(source, true, |source| ConnectError::Resolve {
-                host: ep.host.clone(),
+                host: dial_host.clone(),
                 source,
             })
         })?
@@ -182,7 +204,7 @@ pub async fn connect(ep: &Endpoint) -> Result<(UpstreamStream, SocketAddr), Conn
     let source = last.unwrap_or_else(|| std::io::Error::other("no addresses"));
     Err(ConnectError::unless_out_of_fds(source, false, |source| {
         ConnectError::Tcp {
-            endpoint: format!("{}:{}", ep.host, ep.port),
+            endpoint: ep.describe(),
             source,
         }
     }))
@@ -200,7 +222,7 @@ pub async fn connect_addr(ep: &Endpoint, addr: SocketAddr) -> Result<UpstreamStr
 }
 
 async fn handshake(ep: &Endpoint, mut tcp: TcpStream) -> Result<UpstreamStream, ConnectError> {
-    let endpoint = format!("{}:{}", ep.host, ep.port);
+    let endpoint = ep.describe();
     let no_tls = |detail: String| ConnectError::NoTls {
         endpoint: endpoint.clone(),
         detail,

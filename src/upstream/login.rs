@@ -4,6 +4,7 @@
 //! [`open_gated`] adds the login gate and the connect timeout; [`check`] is `check --login`;
 //! [`reset`] runs a reset query on a connection and reads it back to idle.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -17,12 +18,14 @@ use crate::iam::{partition, TokenKey};
 use crate::metrics::FdUse;
 use crate::target::TargetContext;
 use crate::upstream::auth::{login, startup_packet, AuthError, Login, ServerError};
-use crate::upstream::connect::{connect, UpstreamStream};
+use crate::upstream::connect::{connect, Endpoint, UpstreamStream};
 use crate::wire::{self, EncodeError, FrameError};
 
 /// A logged-in server connection.
 #[derive(Debug)]
 pub struct ServerConn {
+    /// The endpoint it was opened to (an Aurora instance endpoint, or the target's).
+    pub endpoint: Arc<Endpoint>,
     /// The TLS stream.
     pub stream: UpstreamStream,
     /// The address it reached (cancel requests go there).
@@ -61,8 +64,9 @@ pub async fn open_gated(
             ClientError::new(
                 sqlstate::UNABLE_TO_CONNECT,
                 format!(
-                    "pg-iam-proxy: timeout connecting to {}:{} after {:?}",
-                    ctx.endpoint.host, ctx.endpoint.port, ctx.settings.connect_timeout
+                    "pg-iam-proxy: timeout connecting to {} after {:?}",
+                    ctx.endpoint.describe(),
+                    ctx.settings.connect_timeout
                 ),
             ),
             "timeout",
@@ -161,15 +165,29 @@ pub async fn reset(conn: &mut ServerConn, query: &str) -> Result<(), ResetError>
     }
 }
 
-/// Logs in as `user` with what `info` asks for (database, parameters).
+/// Logs in as `user` with what `info` asks for (database, parameters): through the Aurora
+/// topology when the target has one, else to the target's endpoint.
 pub async fn open(
     ctx: &TargetContext,
     user: String,
     info: &StartupInfo,
 ) -> Result<ServerConn, Failure> {
+    match &ctx.topology {
+        Some(topo) => crate::upstream::topology::open::open(ctx, topo, user, info).await,
+        None => open_at(ctx, ctx.endpoint.clone(), user, info).await,
+    }
+}
+
+/// Logs in at `ep` as `user`, with a token signed for `ep`'s host name and port.
+pub async fn open_at(
+    ctx: &TargetContext,
+    ep: Arc<Endpoint>,
+    user: String,
+    info: &StartupInfo,
+) -> Result<ServerConn, Failure> {
     let key = TokenKey {
-        host: ctx.endpoint.host.clone(),
-        port: ctx.endpoint.port,
+        host: ep.host.clone(),
+        port: ep.port,
         user,
         region: ctx.region.clone(),
         role: ctx.role.clone(),
@@ -189,7 +207,7 @@ pub async fn open(
                 "token",
             )
         })?;
-        let (mut stream, addr) = connect(&ctx.endpoint).await.map_err(|e| {
+        let (mut stream, addr) = connect(&ep).await.map_err(|e| {
             if e.is_out_of_fds() {
                 ctx.metrics.all.fd_exhausted(FdUse::Upstream);
             }
@@ -199,6 +217,7 @@ pub async fn open(
             Ok(login) => {
                 lease.confirm();
                 return Ok(ServerConn {
+                    endpoint: ep,
                     stream,
                     addr,
                     login,

@@ -120,6 +120,15 @@ impl Connector for ServerConnector {
             })
         }
     }
+
+    fn is_current(&self, conn: &PooledServer) -> bool {
+        let Some(ctx) = self.target.upgrade() else {
+            return true;
+        };
+        ctx.topology
+            .as_ref()
+            .is_none_or(|t| t.is_current(&conn.conn.endpoint.host))
+    }
 }
 
 impl ToClient for Failure {

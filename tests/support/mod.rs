@@ -47,6 +47,30 @@ pub struct Info {
     pub control_socket: PathBuf,
     pub decisions_log: PathBuf,
     pub server_log: PathBuf,
+    /// In cluster mode (`standin.py --cluster`): the cluster.
+    #[serde(default)]
+    pub cluster: Option<ClusterInfo>,
+}
+
+/// The stand-in cluster: Aurora-like names, the instances' real ports, and the
+/// `--connect-to` rules that reach them (the cluster names map to the first writer).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClusterInfo {
+    pub id: String,
+    pub cluster_host: String,
+    pub reader_host: String,
+    pub virtual_port: u16,
+    pub writer: String,
+    pub instances: Vec<InstanceInfo>,
+    pub connect_to: Vec<String>,
+}
+
+/// One instance of the stand-in cluster.
+#[derive(Debug, Clone, Deserialize)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub host: String,
+    pub port: u16,
 }
 
 /// A running stand-in. Dropping it (or the test process exiting, which closes its stdin)
@@ -64,14 +88,47 @@ pub fn repo() -> &'static Path {
 impl StandIn {
     /// Starts a private stand-in (with moto's STS when `sts`).
     pub fn start(sts: bool) -> StandIn {
+        Self::start_with(if sts { &["--sts"] } else { &[] })
+    }
+
+    /// Starts a stand-in cluster of `instances` (writer inst-1, replicas).
+    pub fn start_cluster(instances: usize) -> StandIn {
+        Self::start_with(&["--cluster", "--instances", &instances.to_string()])
+    }
+
+    /// The cluster, in cluster mode.
+    pub fn cluster(&self) -> &ClusterInfo {
+        self.info
+            .cluster
+            .as_ref()
+            .expect("a stand-in started with start_cluster")
+    }
+
+    /// Runs a failover (`{"failover": options}`) to its end; returns the reply's timings.
+    pub fn failover(&self, options: serde_json::Value) -> serde_json::Value {
+        let reply = self.control_reply(serde_json::json!({ "failover": options }));
+        assert_eq!(reply["ok"], true, "failover refused: {reply}");
+        reply["failover"].clone()
+    }
+
+    /// Sends a control command and returns the whole reply.
+    pub fn control_reply(&self, command: serde_json::Value) -> serde_json::Value {
+        let mut s = std::os::unix::net::UnixStream::connect(&self.info.control_socket)
+            .expect("control socket");
+        writeln!(s, "{command}").expect("send control");
+        let mut reply = String::new();
+        BufReader::new(s)
+            .read_line(&mut reply)
+            .expect("control reply");
+        serde_json::from_str(&reply).expect("a JSON reply")
+    }
+
+    pub fn start_with(args: &[&str]) -> StandIn {
         let logs = repo().join("target/standin-logs");
         std::fs::create_dir_all(&logs).expect("log dir");
         let log = logs.join(format!("{}-{}.log", std::process::id(), unique()));
         let mut cmd = Command::new("python3");
-        cmd.arg(repo().join("tests/support/standin.py"));
-        if sts {
-            cmd.arg("--sts");
-        }
+        cmd.arg(repo().join("tests/support/standin.py")).args(args);
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -192,6 +249,17 @@ impl ProxySpec {
             clock: Arc::new(SystemClock),
             sts_endpoint: i.sts_endpoint.clone(),
         }
+    }
+
+    /// A proxy for the stand-in cluster's endpoint `host` (its cluster or reader name),
+    /// reaching every name through the cluster's `--connect-to` rules, verify-full.
+    pub fn cluster(si: &StandIn, host: &str) -> Self {
+        let c = si.cluster();
+        let mut spec = Self::new(si);
+        spec.target.host = Some(host.to_owned());
+        spec.target.port = Some(c.virtual_port);
+        spec.proxy.connect_to = Some(c.connect_to.clone());
+        spec
     }
 
     pub async fn start(self) -> Proxy {

@@ -29,6 +29,10 @@ reply ``{"ok": true}``:
 * ``{"skew_seconds": N}`` - shift the verifier's clock by N seconds
 * ``{"revoke_signed_before": EPOCH}`` - refuse otherwise valid tokens signed before EPOCH
 * ``{"add_key": {"access_key_id": .., "secret_access_key": .., "session_token": ..}}``
+
+``--cluster`` starts an Aurora-like cluster instead (a writer and a streaming replica, each
+with its own certificate, token check and ``aurora_*`` functions, and a ``failover`` control
+command): see standin_cluster.py.
 """
 
 from __future__ import annotations
@@ -214,8 +218,9 @@ def _make_ca(common_name: str):
     return cert, key
 
 
-def _make_server_cert(ca_cert, ca_key):
-    """Server certificate for DNS:localhost and IP:127.0.0.1 (not 127.0.0.2)."""
+def _make_server_cert(ca_cert, ca_key, dns_names=("localhost",), ips=("127.0.0.1",)):
+    """Server certificate for dns_names and ips (default DNS:localhost and IP:127.0.0.1, not
+    127.0.0.2)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -224,7 +229,7 @@ def _make_server_cert(ca_cert, ca_key):
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -233,7 +238,8 @@ def _make_server_cert(ca_cert, ca_key):
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                [x509.DNSName(n) for n in dns_names]
+                + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
             ),
             critical=False,
         )
@@ -353,8 +359,8 @@ class ControlHandler(socketserver.StreamRequestHandler):
             if not line.strip():
                 continue
             try:
-                self.server.apply(json.loads(line))
-                reply = {"ok": True}
+                extra = self.server.apply(json.loads(line))
+                reply = {"ok": True, **(extra or {})}
             except Exception as exc:  # report any bad command to the client
                 reply = {"ok": False, "error": str(exc)}
             self.wfile.write((json.dumps(reply) + "\n").encode())
@@ -366,25 +372,32 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     daemon_threads = True
 
-    def __init__(self, path: Path, verifier: sigv4_verify.Verifier):
-        self.verifier = verifier
+    def __init__(self, path: Path, verifiers, commands: Optional[dict] = None):
+        self.verifiers = verifiers if isinstance(verifiers, list) else [verifiers]
+        self.commands = commands or {}
         super().__init__(str(path), ControlHandler)
 
-    def apply(self, command: dict) -> None:
-        """Apply one command; raise ValueError for anything unknown."""
+    def apply(self, command: dict) -> Optional[dict]:
+        """Apply one command (to every verifier); raise ValueError for anything unknown.
+        Commands in ``self.commands`` (the cluster's ``failover``) may return reply fields."""
         if not isinstance(command, dict) or not command:
             raise ValueError("expected a JSON object")
+        extra = {}
         for name, value in command.items():
-            if name == "skew_seconds":
-                self.verifier.skew_seconds = float(value)
+            if name in self.commands:
+                extra.update(self.commands[name](value) or {})
+            elif name == "skew_seconds":
+                for v in self.verifiers:
+                    v.skew_seconds = float(value)
             elif name == "revoke_signed_before":
-                self.verifier.revoked_before = None if value is None else float(value)
+                for v in self.verifiers:
+                    v.revoked_before = None if value is None else float(value)
             elif name == "add_key":
-                self.verifier.keys.add(
-                    value["access_key_id"], value["secret_access_key"], value.get("session_token")
-                )
+                for v in self.verifiers:
+                    v.keys.add(value["access_key_id"], value["secret_access_key"], value.get("session_token"))
             else:
                 raise ValueError(f"unknown command {name!r}")
+        return extra
 
 
 def serve_in_thread(server: socketserver.BaseServer, name: str) -> threading.Thread:
@@ -512,13 +525,17 @@ def stop_postgres(bindir: Path, data_dir: Path, server_user: ServerUser, cwd: Pa
         pass
 
 
-def remove_everything(directory: Path, pam_file: Path, bindir: Optional[Path]) -> None:
-    """Stop postgres, remove the PAM service file and the temp dir. Idempotent."""
+def remove_everything(directory: Path, pam_files, bindir: Optional[Path]) -> None:
+    """Stop every postgres under directory, remove the PAM service files and the temp dir.
+    Idempotent."""
+    pam_files = [pam_files] if isinstance(pam_files, Path) else list(pam_files)
     try:
         if bindir is not None and directory.exists():
-            stop_postgres(bindir, directory / "data", ServerUser(), Path("/"))
+            for pid_file in sorted(directory.glob("*/postmaster.pid")):
+                stop_postgres(bindir, pid_file.parent, ServerUser(), Path("/"))
     finally:
-        remove_root_file(pam_file)
+        for pam_file in pam_files:
+            remove_root_file(pam_file)
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -572,11 +589,16 @@ class Standin:
         os.chmod(self.dir, 0o755)
         self.server_user.chown(self.dir)
 
+    def pam_files(self) -> list:
+        """Every PAM service file this stand-in writes."""
+        return [self.pam_file]
+
     def _start_reaper(self) -> None:
         """Start the process that cleans up if this one dies without doing so."""
+        pam_args = [a for f in self.pam_files() for a in ("--reap-pam-file", str(f))]
         self.reaper = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--reap", str(self.dir),
-             "--reap-pam-file", str(self.pam_file), "--reap-bindir", str(self.bindir)],
+             *pam_args, "--reap-bindir", str(self.bindir)],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             start_new_session=True,
@@ -697,9 +719,10 @@ class Standin:
             server.shutdown()
             server.server_close()
         if self.dir is not None:
-            remove_everything(self.dir, self.pam_file, self.bindir)
+            remove_everything(self.dir, self.pam_files(), self.bindir)
         else:
-            remove_root_file(self.pam_file)
+            for pam_file in self.pam_files():
+                remove_root_file(pam_file)
         if self.reaper is not None:
             self.reaper.stdin.close()  # reaper finds nothing left and exits
             self.reaper.wait(timeout=120)
@@ -713,13 +736,13 @@ class Interrupted(Exception):
     """SIGTERM/SIGINT arrived before the stand-in was ready."""
 
 
-def reap(directory: Path, pam_file: Path, bindir: Path) -> int:
+def reap(directory: Path, pam_files: list, bindir: Path) -> int:
     """Reaper mode: wait for stdin EOF (the stand-in is gone), then clean up."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.stdin.buffer.read()
-    if directory.exists() or pam_file.exists():
-        remove_everything(directory, pam_file, bindir)
+    if directory.exists() or any(f.exists() for f in pam_files):
+        remove_everything(directory, pam_files, bindir)
     return 0
 
 
@@ -748,10 +771,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-connections", type=int, default=2200,
                         help="the server's max_connections (default 2200)")
     parser.add_argument("--region", default="us-east-1", help="region tokens must be signed for")
+    parser.add_argument("--cluster", action="store_true",
+                        help="an Aurora-like cluster: writer + streaming replica, failover (standin_cluster.py)")
+    parser.add_argument("--instances", type=int, default=2, help="--cluster: how many instances (default 2)")
     parser.add_argument("--ignore-stdin", action="store_true", help="run until SIGTERM/SIGINT only")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     parser.add_argument("--reap", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--reap-pam-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--reap-pam-file", type=Path, action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--reap-bindir", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -773,7 +799,12 @@ def main(argv=None) -> int:
         if not ready:
             raise Interrupted(signal.Signals(signum).name)
 
-    standin = Standin(args.port, args.region, args.sts, args.max_connections)
+    if args.cluster:
+        import standin_cluster
+
+        standin = standin_cluster.ClusterStandin(args.region, args.sts, args.instances)
+    else:
+        standin = Standin(args.port, args.region, args.sts, args.max_connections)
     atexit.register(standin.cleanup)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

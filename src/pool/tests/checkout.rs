@@ -172,3 +172,37 @@ async fn a_broken_idle_connection_is_skipped() {
     assert_eq!(s.fake.opens(), 2);
     assert_eq!(s.stats().idle, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_connection_is_never_handed_out_and_closed_wherever_it_is() {
+    let mut set = settings();
+    set.size = 3;
+    let s = setup(set);
+    let (a, b, mut c) = (s.checkout().await, s.checkout().await, s.checkout().await);
+    a.check_in(true);
+    b.check_in(true);
+    // The connector's server moved (a failover): 1 idle and 2 checked out are stale now.
+    s.fake.make_stale(1);
+    s.fake.make_stale(2);
+    let mut d = s.checkout().await;
+    assert!(d.reused());
+    assert_eq!(
+        id(&mut d),
+        0,
+        "the newest idle one (1) is stale; the next one served"
+    );
+    until("stale idle one closed", || s.fake.closed() == [1]).await;
+    assert_eq!(id(&mut c), 2);
+    c.check_in(true);
+    until("stale one closed at check-in", || s.fake.closed() == [1, 2]).await;
+    assert_eq!(s.closes("stale"), 2.0);
+    assert_eq!(s.stats().idle, 0);
+    // And while idle: the maintenance task closes it.
+    d.check_in(true);
+    s.fake.make_stale(0);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    until("stale idle one closed by maintenance", || {
+        s.fake.closed() == [1, 2, 0]
+    })
+    .await;
+}

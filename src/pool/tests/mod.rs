@@ -22,6 +22,7 @@ struct FakeState {
     hang: AtomicBool,
     release: Semaphore,
     broken: Mutex<HashSet<usize>>,
+    stale: Mutex<HashSet<usize>>,
     closed: Mutex<Vec<usize>>,
 }
 
@@ -33,6 +34,7 @@ impl Default for FakeState {
             hang: AtomicBool::new(false),
             release: Semaphore::new(0),
             broken: Mutex::default(),
+            stale: Mutex::default(),
             closed: Mutex::default(),
         }
     }
@@ -84,6 +86,10 @@ impl Connector for Fake {
             state: self.0.clone(),
         })
     }
+
+    fn is_current(&self, conn: &FakeConn) -> bool {
+        !self.0.stale.lock().unwrap().contains(&conn.id)
+    }
 }
 
 impl Fake {
@@ -102,6 +108,9 @@ impl Fake {
     /// Lets `n` hanging opens finish.
     fn release(&self, n: usize) {
         self.0.release.add_permits(n);
+    }
+    fn make_stale(&self, id: usize) {
+        self.0.stale.lock().unwrap().insert(id);
     }
     fn break_conn(&self, id: usize) {
         self.0.broken.lock().unwrap().insert(id);
