@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::cancel::{CancelLimits, CancelMap};
 use crate::config::{Config, ProxySettings, Target};
+use crate::frontend::{resolve, unix_socket};
 use crate::gate::LoginGate;
 use crate::health::Health;
 use crate::http::{self, HttpState};
@@ -89,8 +90,10 @@ pub async fn contexts(
         ..CancelLimits::default()
     }));
     let metrics = Arc::new(Metrics::default());
+    let access = Arc::new(resolve::access(&config.proxy).map_err(StartError)?);
     let mut targets = Vec::new();
     for target in &config.targets {
+        let db_users = resolve::db_user_rule(target).map_err(StartError)?;
         let region = resolve_region(
             target.region.as_deref(),
             sdk.region().map(|r| r.as_ref()),
@@ -109,6 +112,8 @@ pub async fn contexts(
             endpoint: Arc::new(endpoint),
             region,
             db_user: target.db_user.clone(),
+            access: access.clone(),
+            db_users,
             role: target.role.clone(),
             cache: cache.clone(),
             cancels: cancels.clone(),
@@ -168,9 +173,14 @@ async fn bind(target: &Target) -> Result<Vec<Listener>, StartError> {
     if let Some(dir) = &target.unix_socket {
         let path = dir.join(format!(".s.PGSQL.{}", local.port()));
         remove_stale_socket(&path)?;
-        let unix = UnixListener::bind(&path)
+        let gid = match &target.unix_socket_group {
+            Some(g) => Some(resolve::gid(g, "--unix-socket-group").map_err(StartError)?),
+            None => None,
+        };
+        let unix = unix_socket::bind(&path, target.unix_socket_mode, gid)
             .map_err(|e| StartError(format!("cannot listen on {}: {e}", path.display())))?;
-        tracing::info!(target = %target.name, socket = %path.display(), "listening");
+        tracing::info!(target = %target.name, socket = %path.display(),
+            mode = %format!("{:04o}", target.unix_socket_mode), "listening");
         listeners.push(Listener::Unix(unix, path));
     }
     Ok(listeners)
@@ -250,6 +260,7 @@ pub async fn serve_until(
             health: health.clone(),
             registry: prepared.metrics.registry(prepared.cache.clone()),
             quit: settings.quitquitquit.then(|| shutdown.graceful.clone()),
+            own_uid: crate::frontend::users::own_uid(),
         });
         tokio::spawn(http::serve(listener, state, stop_http.clone()));
     }

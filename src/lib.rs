@@ -22,6 +22,7 @@
 //! [`cancel`], [`wire`], [`error`], [`fds`], [`iam`], [`logging`].
 
 pub mod app;
+pub mod audit;
 pub mod cancel;
 pub mod check;
 pub mod cli;
@@ -30,6 +31,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod fds;
+pub mod frontend;
 pub mod gate;
 pub mod health;
 pub mod http;

@@ -61,6 +61,12 @@ pub struct ProxySettings {
     pub quitquitquit: bool,
     /// See [`ProxyArgs::allow_remote_clients`].
     pub allow_remote_clients: bool,
+    /// See [`ProxyArgs::allow_uid`] (resolved at start-up).
+    pub allow_uid: Vec<String>,
+    /// See [`ProxyArgs::allow_gid`] (resolved at start-up).
+    pub allow_gid: Vec<String>,
+    /// See [`ProxyArgs::allow_any_local_user`].
+    pub allow_any_local_user: bool,
     /// See [`ProxyArgs::token_refresh_margin`].
     pub token_refresh_margin: Duration,
     /// See [`ProxyArgs::max_connections`]; 0 = unlimited.
@@ -80,6 +86,12 @@ pub struct Target {
     pub listen: SocketAddr,
     /// Unix socket directory, if any.
     pub unix_socket: Option<PathBuf>,
+    /// The Unix socket's permission bits.
+    pub unix_socket_mode: u32,
+    /// The Unix socket's group, if any (resolved at start-up).
+    pub unix_socket_group: Option<String>,
+    /// See [`TargetArgs::user_map`].
+    pub user_map: Option<PathBuf>,
     /// Upstream host.
     pub host: String,
     /// Upstream port.
@@ -206,6 +218,20 @@ pub fn build(
             .allow_remote_clients
             .or(f.allow_remote_clients)
             .unwrap_or(false),
+        allow_uid: c
+            .allow_uid
+            .clone()
+            .or(f.allow_uid.clone())
+            .unwrap_or_default(),
+        allow_gid: c
+            .allow_gid
+            .clone()
+            .or(f.allow_gid.clone())
+            .unwrap_or_default(),
+        allow_any_local_user: c
+            .allow_any_local_user
+            .or(f.allow_any_local_user)
+            .unwrap_or(false),
         token_refresh_margin: c
             .token_refresh_margin
             .or(f.token_refresh_margin)
@@ -300,7 +326,10 @@ fn target(t: TargetArgs) -> Result<Target, ConfigError> {
     Ok(Target {
         name: t.name.unwrap_or_else(|| host.clone()),
         listen: t.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5432))),
+        unix_socket_mode: socket_mode(t.unix_socket_mode.as_deref(), &t.unix_socket_group)?,
         unix_socket: t.unix_socket,
+        unix_socket_group: t.unix_socket_group,
+        user_map: t.user_map,
         port: t.port.unwrap_or(5432),
         host,
         region: t.region,
@@ -310,6 +339,19 @@ fn target(t: TargetArgs) -> Result<Target, ConfigError> {
         role,
         pool,
     })
+}
+
+/// The Unix socket's mode: given in octal (at most 0777), else 0600, or 0660 with a group.
+fn socket_mode(given: Option<&str>, group: &Option<String>) -> Result<u32, ConfigError> {
+    let Some(text) = given else {
+        return Ok(if group.is_some() { 0o660 } else { 0o600 });
+    };
+    match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(ConfigError::Invalid(format!(
+            "unix_socket_mode {text} is not a permission mode in octal (such as 0660)"
+        ))),
+    }
 }
 
 fn check_unique_listeners(targets: &[Target]) -> Result<(), ConfigError> {

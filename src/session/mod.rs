@@ -12,19 +12,22 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::{self, Tally, Traffic};
 use crate::client::{self, Hello, StartupInfo};
 use crate::error::{sqlstate, ClientError};
+use crate::frontend::peer::{self, Identity, PeerAddr};
 use crate::relay;
 use crate::target::TargetContext;
 use crate::upstream::login::Failure;
 use crate::wire;
 
-/// Serves one accepted client connection to the end. A cut before the relay (the client
-/// still in its handshake or login) ends the connection with 57P01 too.
-pub async fn serve<S>(ctx: &TargetContext, mut client: S, cut: CancellationToken)
+/// Serves one accepted client connection from `peer` to the end. A cut before the relay
+/// (the client still in its handshake or login) ends the connection with 57P01 too.
+pub async fn serve<S>(ctx: &TargetContext, mut client: S, peer: PeerAddr, cut: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let identity = peer::identify(peer, ctx.access.needs_groups()).await;
     let handshake = timeout(
         ctx.settings.handshake_timeout,
         client::handshake(&mut client),
@@ -45,12 +48,31 @@ where
             return client::reject(&mut client, &e).await;
         }
     };
+    let admitted = ctx.access.admit(&identity);
+    if let Err(refusal) = &admitted {
+        ctx.metrics.client_refused(refusal.reason());
+        tracing::warn!(client = %identity.describe(), reason = refusal.reason(), "client refused");
+    }
     match hello {
+        Hello::Cancel(_) if admitted.is_err() => {}
         Hello::Cancel(request) => {
             let forward = ctx.cancels.forward(&request, |o| ctx.metrics.cancel(o));
             let _ = or_cut(&cut, forward).await;
         }
-        Hello::Startup(info) => session(ctx, client, info, cut).await,
+        Hello::Startup(_) if admitted.is_err() => {
+            if let Err(refusal) = admitted {
+                client::reject(&mut client, &refusal.to_error(&ctx.access)).await;
+            }
+        }
+        Hello::Startup(info) => match ctx.db_users.decide(&ctx.access, &identity, &info.user) {
+            Ok(user) => session(ctx, client, &identity, user, info, cut).await,
+            Err(refusal) => {
+                ctx.metrics.client_refused(refusal.reason());
+                tracing::warn!(client = %identity.describe(), db_user = %info.user,
+                    "database user not allowed for this client");
+                client::reject(&mut client, &refusal.to_error(&ctx.access)).await;
+            }
+        },
     }
 }
 
@@ -65,18 +87,36 @@ async fn or_cut<T>(
     }
 }
 
-async fn session<S>(ctx: &TargetContext, client: S, info: StartupInfo, cut: CancellationToken)
-where
+async fn session<S>(
+    ctx: &TargetContext,
+    client: S,
+    identity: &Identity,
+    user: String,
+    info: StartupInfo,
+    cut: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let user = ctx.db_user.clone().unwrap_or_else(|| info.user.clone());
+    let (database, traffic) = (info.database.clone(), Traffic::default());
+    let audit = audit::Session {
+        identity,
+        db_user: &user.clone(),
+        database: &database,
+        target: &ctx.name,
+        role_arn: ctx.role.as_ref().map(|r| r.arn.as_str()),
+        started: std::time::Instant::now(),
+    };
+    audit.start();
     let span = tracing::Span::current();
     span.record("user", user.as_str());
     span.record("database", info.database.as_str());
     // Boxed: an idle connection's task holds only the branch it took, not the larger of both.
     match &ctx.pooling {
         Some(pooling) if pooled::poolable(&info) => {
-            Box::pin(pooled::session(ctx, pooling, client, user, info, cut)).await
+            Box::pin(pooled::session(
+                ctx, pooling, client, user, info, cut, &traffic,
+            ))
+            .await
         }
         _ => {
             Box::pin(direct::session(
@@ -86,10 +126,12 @@ where
                 info,
                 cut,
                 BytesMut::new(),
+                &traffic,
             ))
             .await
         }
     }
+    audit.end(&traffic);
 }
 
 /// Tells the client why it got no server connection, and counts it.
@@ -125,11 +167,25 @@ async fn send_early<U: AsyncWrite + Unpin>(server: &mut U, early: BytesMut) -> b
     }
 }
 
-/// The relay's byte counters of target `ctx`.
-fn meters(ctx: &TargetContext) -> relay::Meters<'_> {
+/// The relay's byte counters: target `ctx`'s and the session's `traffic`.
+fn tallies<'a>(ctx: &'a TargetContext, traffic: &'a Traffic) -> [Tally<'a>; 2] {
+    [
+        Tally {
+            target: &ctx.metrics.to_server,
+            own: &traffic.to_server,
+        },
+        Tally {
+            target: &ctx.metrics.to_client,
+            own: &traffic.to_client,
+        },
+    ]
+}
+
+/// Meters over the two tallies of [`tallies`].
+fn meters<'a>(t: &'a [Tally<'a>; 2]) -> relay::Meters<'a> {
     relay::Meters {
-        to_server: &ctx.metrics.to_server,
-        to_client: &ctx.metrics.to_client,
+        to_server: &t[0],
+        to_client: &t[1],
     }
 }
 
