@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cancel::{CancelLimits, CancelMap};
 use crate::config::{Config, ProxySettings, Target};
+use crate::frontend::access::Access;
 use crate::frontend::{resolve, unix_socket};
 use crate::gate::LoginGate;
 use crate::health::Health;
@@ -43,6 +44,8 @@ pub struct Prepared {
     pub cache: TokenCache,
     /// Process metrics.
     pub metrics: Arc<Metrics>,
+    /// Who may connect (the HTTP endpoint asks it too).
+    pub access: Arc<Access>,
 }
 
 /// Builds everything the server needs with the environment's AWS configuration.
@@ -61,6 +64,8 @@ pub struct Contexts {
     pub cache: TokenCache,
     /// Process metrics.
     pub metrics: Arc<Metrics>,
+    /// Who may connect (the HTTP endpoint asks it too).
+    pub access: Arc<Access>,
 }
 
 /// Builds credential sources, the token cache, TLS configurations and target contexts.
@@ -133,6 +138,7 @@ pub async fn contexts(
         targets,
         cache,
         metrics,
+        access,
     })
 }
 
@@ -154,6 +160,7 @@ pub async fn prepare_with(
         listeners,
         cache: built.cache,
         metrics: built.metrics,
+        access: built.access,
     })
 }
 
@@ -260,7 +267,7 @@ pub async fn serve_until(
             health: health.clone(),
             registry: prepared.metrics.registry(prepared.cache.clone()),
             quit: settings.quitquitquit.then(|| shutdown.graceful.clone()),
-            own_uid: crate::frontend::users::own_uid(),
+            access: prepared.access.clone(),
         });
         tokio::spawn(http::serve(listener, state, stop_http.clone()));
     }

@@ -2,7 +2,8 @@
 //! StartupMessage or CancelRequest (length-capped; the caller applies the timeout), send
 //! NegotiateProtocolVersion where PostgreSQL would, and later greet the client with
 //! AuthenticationOk, the server's parameters, BackendKeyData (the server's pid, our secret)
-//! and ReadyForQuery. Local clients are trusted: no password is requested.
+//! and ReadyForQuery. No password is requested: who may connect is decided by
+//! [`crate::frontend`] from the client's OS user.
 
 use bytes::{Buf, BytesMut};
 use pgwire::messages::cancel::CancelRequest;

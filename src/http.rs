@@ -1,6 +1,7 @@
 //! The operator endpoint (`--http-addr`): `/startup`, `/liveness`, `/readiness`, `/metrics`
-//! (Prometheus text) and, when enabled, `POST /quitquitquit` to start a graceful shutdown (from the proxy's own OS user or root
-//! only; the peer is identified as Postgres clients are).
+//! (Prometheus text) and, when enabled, `POST /quitquitquit` to start a graceful shutdown
+//! (obeyed from the proxy's own OS user or root only; the peer is identified as Postgres
+//! clients are).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::frontend::access::Access;
 use crate::frontend::peer::{self, Client, PeerAddr};
 use crate::health::Health;
 
@@ -26,8 +28,8 @@ pub struct HttpState {
     pub registry: Registry,
     /// Set when `/quitquitquit` is enabled: the shutdown it triggers.
     pub quit: Option<CancellationToken>,
-    /// The proxy's own uid: with root, the only local user `/quitquitquit` obeys.
-    pub own_uid: u32,
+    /// Who may connect; its own uid (and root) is whom `/quitquitquit` obeys.
+    pub access: Arc<Access>,
 }
 
 fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -87,16 +89,21 @@ async fn quit_denied(
     peer: std::net::SocketAddr,
     local: std::net::SocketAddr,
 ) -> Option<Response<Full<Bytes>>> {
-    let id = peer::identify(PeerAddr::Tcp { peer, local }, false).await;
+    let id = peer::identify(
+        PeerAddr::Tcp { peer, local },
+        false,
+        state.access.diag.clone(),
+    )
+    .await;
     match id.client {
-        Client::Local { uid, .. } if uid == state.own_uid || uid == 0 => None,
+        Client::Local { uid, .. } if state.access.privileged(uid) => None,
         _ => {
             tracing::warn!(client = %id.describe(), "/quitquitquit refused");
             Some(reply(
                 StatusCode::FORBIDDEN,
                 format!(
                     "/quitquitquit is for the proxy's own user (uid {}) and root; {} is neither\n",
-                    state.own_uid,
+                    state.access.own_uid,
                     id.describe()
                 ),
             ))

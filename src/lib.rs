@@ -5,7 +5,9 @@
 //!
 //! ```text
 //! accept (server)          listeners, connection limit, shutdown drain, per-connection span
+//!   -> identify (frontend) the client's OS user: SO_PEERCRED, or the kernel's socket table
 //!   -> handshake (client)  SSLRequest/GSSENCRequest answered 'N'; StartupMessage or CancelRequest
+//!   -> admit (frontend)    admitted uid? allowed database user? else 28000, before any login
 //!   -> connect (upstream)  resolve, TCP, SSLRequest -> exactly 'S' -> rustls verify-full
 //!   -> login (upstream)    StartupMessage as the IAM db user; password = token from the cache
 //!   -> greet (client)      AuthenticationOk, ParameterStatus, BackendKeyData (server pid, our
@@ -19,7 +21,8 @@
 //! drain), [`target`] (one target's shared context), [`session`] (the stages above, nothing
 //! else), [`client`], [`startup`], [`upstream`] (connect, TLS, auth, and [`upstream::login`]:
 //! a server connection for no client in particular), [`gate`] (the login queue), [`relay`],
-//! [`cancel`], [`wire`], [`error`], [`fds`], [`iam`], [`logging`].
+//! [`cancel`], [`wire`], [`error`], [`fds`], [`iam`], [`logging`], [`frontend`] (who may
+//! connect, as which database user), [`audit`] (a line per session start and end).
 
 pub mod app;
 pub mod audit;

@@ -7,12 +7,13 @@
 
 use std::sync::Arc;
 
-use super::peer::{Client, Identity};
+use super::peer::{Client, Identity, Unknown};
+use super::sock_diag::SockDiag;
 use super::user_map::UserMap;
 use crate::error::{sqlstate, ClientError};
 
 /// The admission rule (process-wide).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Access {
     /// The proxy's own effective uid.
     pub own_uid: u32,
@@ -22,6 +23,8 @@ pub struct Access {
     pub gids: Vec<u32>,
     /// `--allow-any-local-user`: no check.
     pub any_local: bool,
+    /// The kernel's socket table, asked who owns a loopback client's socket.
+    pub diag: Arc<SockDiag>,
 }
 
 /// Which database users a target's clients may become.
@@ -62,6 +65,9 @@ impl Refusal {
             Self::NotAdmitted(id) => not_admitted(id, access),
             Self::UnknownOwner(id) => {
                 let why = match &id.client {
+                    Client::Unknown(Unknown::NoDescriptors) => {
+                        return crate::fds::exhausted_error()
+                    }
                     Client::Unknown(u) => u.text(),
                     _ => "unknown",
                 };
@@ -149,6 +155,11 @@ impl Access {
     /// The proxy's own user or root.
     pub fn privileged(&self, uid: u32) -> bool {
         uid == self.own_uid || uid == 0
+    }
+
+    /// Identifies the client at `addr` (with its groups when the rule needs them).
+    pub async fn identify(&self, addr: super::peer::PeerAddr) -> Identity {
+        super::peer::identify(addr, self.needs_groups(), self.diag.clone()).await
     }
 
     /// Whether the admission rule needs a client's groups.

@@ -5,10 +5,11 @@
 //! run on a blocking thread under [`IDENTIFY_TIMEOUT`]; failing it, the owner is unknown.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::proc_net;
-use super::sock_diag::{self, Found};
+use super::sock_diag::{Found, SockDiag};
 use super::users::{self, UserEntry};
 
 /// The longest identifying a client may take.
@@ -46,6 +47,8 @@ pub enum Unknown {
     LookupFailed,
     /// The lookup took longer than [`IDENTIFY_TIMEOUT`].
     Timeout,
+    /// The process is out of file descriptors (it could not ask).
+    NoDescriptors,
 }
 
 impl Unknown {
@@ -55,6 +58,7 @@ impl Unknown {
             Self::NotFound => "no socket with its address pair in the kernel's table",
             Self::LookupFailed => "the kernel's socket table could not be read",
             Self::Timeout => "the lookup timed out",
+            Self::NoDescriptors => "out of file descriptors",
         }
     }
 }
@@ -111,9 +115,9 @@ impl Identity {
     }
 }
 
-/// Identifies the client at `addr`, with its groups if `groups` (blocking: run it on a
-/// blocking thread).
-pub fn identify_blocking(addr: PeerAddr, groups: bool) -> Client {
+/// Identifies the client at `addr` with `diag`, with its groups if `groups` (blocking: run
+/// it on a blocking thread).
+pub fn identify_blocking(addr: PeerAddr, groups: bool, diag: &SockDiag) -> Client {
     let (uid, cred_gid) = match addr {
         PeerAddr::Unix(Some((uid, gid))) => (uid, Some(gid)),
         PeerAddr::Unix(None) => return Client::Unknown(Unknown::LookupFailed),
@@ -122,7 +126,7 @@ pub fn identify_blocking(addr: PeerAddr, groups: bool) -> Client {
             if !peer.ip().is_loopback() {
                 return Client::Remote;
             }
-            match tcp_owner(peer, local) {
+            match tcp_owner(diag, peer, local) {
                 Ok(uid) => (uid, None),
                 Err(why) => return Client::Unknown(why),
             }
@@ -145,12 +149,15 @@ fn canonical(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
-fn tcp_owner(peer: SocketAddr, local: SocketAddr) -> Result<u32, Unknown> {
-    let found = match sock_diag::lookup(peer, local) {
+fn tcp_owner(diag: &SockDiag, peer: SocketAddr, local: SocketAddr) -> Result<u32, Unknown> {
+    let found = match diag.lookup(peer, local) {
         Ok(found) => found,
         Err(e) => {
             tracing::debug!(error = %e, "sock_diag lookup failed; reading /proc/net/tcp");
             proc_net::lookup(peer, local).map_err(|e| {
+                if crate::fds::is_exhaustion(&e) {
+                    return Unknown::NoDescriptors;
+                }
                 tracing::warn!(error = %e, "cannot read the kernel's TCP socket table");
                 Unknown::LookupFailed
             })?
@@ -162,10 +169,10 @@ fn tcp_owner(peer: SocketAddr, local: SocketAddr) -> Result<u32, Unknown> {
     }
 }
 
-/// Identifies the client at `addr` within [`IDENTIFY_TIMEOUT`], with its groups if
-/// `groups`.
-pub async fn identify(addr: PeerAddr, groups: bool) -> Identity {
-    let lookup = tokio::task::spawn_blocking(move || identify_blocking(addr, groups));
+/// Identifies the client at `addr` with `diag` within [`IDENTIFY_TIMEOUT`], with its
+/// groups if `groups`.
+pub async fn identify(addr: PeerAddr, groups: bool, diag: Arc<SockDiag>) -> Identity {
+    let lookup = tokio::task::spawn_blocking(move || identify_blocking(addr, groups, &diag));
     let client = match tokio::time::timeout(IDENTIFY_TIMEOUT, lookup).await {
         Ok(Ok(client)) => client,
         Ok(Err(_)) => Client::Unknown(Unknown::LookupFailed),

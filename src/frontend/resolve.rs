@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::access::{Access, DbUserRule};
+use super::sock_diag::SockDiag;
 use super::user_map::UserMap;
 use super::users;
 use crate::config::{ProxySettings, Target};
@@ -25,6 +26,7 @@ pub fn access(settings: &ProxySettings) -> Result<Access, String> {
         uids,
         gids,
         any_local: settings.allow_any_local_user,
+        diag: Arc::new(SockDiag::new()),
     })
 }
 

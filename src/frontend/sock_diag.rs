@@ -2,11 +2,17 @@
 //! address pair: one sock_diag netlink request (`SOCK_DIAG_BY_FAMILY`, INET_DIAG, as `ss`
 //! uses) for the socket whose local address is the client's and whose remote address is
 //! ours. Only a full socket counts: a TIME_WAIT or SYN_RECV entry reports uid 0 and is not
-//! an answer. The netlink socket has a receive timeout, so a lookup never hangs.
+//! an answer. One netlink socket serves the process ([`SockDiag`], opened once, reopened
+//! after an error), so a lookup needs no descriptor of its own: it works when the process
+//! is at its descriptor limit, and costs one send and one receive. The socket has a receive
+//! timeout, so a lookup never hangs; a late answer to an earlier request is skipped by its
+//! sequence number.
 
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -37,20 +43,78 @@ pub enum Found {
     Absent,
 }
 
-/// The socket with local address `client` and remote address `server` (as the proxy sees
-/// its accepted connection: peer and local address). Both must be of one family.
-pub fn lookup(client: SocketAddr, server: SocketAddr) -> std::io::Result<Found> {
-    let request = request(client, server);
+/// The process's sock_diag socket (lookups take turns on it; each takes microseconds).
+#[derive(Debug, Default)]
+pub struct SockDiag {
+    socket: Mutex<Option<Socket>>,
+    seq: AtomicU32,
+}
+
+fn open() -> std::io::Result<Socket> {
     let socket = Socket::new(
         Domain::from(libc::AF_NETLINK),
         Type::DGRAM,
         Some(Protocol::from(libc::NETLINK_SOCK_DIAG)),
     )?;
     socket.set_read_timeout(Some(ANSWER_TIMEOUT))?;
-    socket.send(&request)?;
+    Ok(socket)
+}
+
+impl SockDiag {
+    /// Opens the socket now (so that it exists before descriptors run short).
+    pub fn new() -> Self {
+        let me = Self::default();
+        if let Ok(mut slot) = me.socket.lock() {
+            *slot = open().ok();
+        }
+        me
+    }
+
+    /// The socket with local address `client` and remote address `server` (as the proxy
+    /// sees its accepted connection: peer and local address). Both must be of one family.
+    pub fn lookup(&self, client: SocketAddr, server: SocketAddr) -> std::io::Result<Found> {
+        let mut slot = self
+            .socket
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(open()?);
+        }
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let result = match slot.as_ref() {
+            Some(socket) => ask(socket, seq, client, server),
+            None => Err(std::io::Error::other("no sock_diag socket")),
+        };
+        if result.is_err() {
+            *slot = None; // a fresh socket next time: no stale state
+        }
+        result
+    }
+}
+
+/// One request and its answer, skipping answers to earlier requests.
+fn ask(
+    socket: &Socket,
+    seq: u32,
+    client: SocketAddr,
+    server: SocketAddr,
+) -> std::io::Result<Found> {
+    socket.send(&request(seq, client, server))?;
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
     let mut buf = [0u8; 8192];
-    let n = (&socket).read(&mut buf)?;
-    parse(&buf[..n], client, server)
+    loop {
+        let n = (&*socket).read(&mut buf)?;
+        let answer = &buf[..n];
+        if u32_at(answer, 8) == Some(seq) {
+            return parse(answer, client, server);
+        }
+        if Instant::now() > deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "sock_diag: no answer to this request",
+            ));
+        }
+    }
 }
 
 fn family(ip: IpAddr) -> u8 {
@@ -75,13 +139,13 @@ fn sock_id(a: SocketAddr, b: SocketAddr) -> [u8; ID_LEN] {
     id
 }
 
-fn request(client: SocketAddr, server: SocketAddr) -> Vec<u8> {
+fn request(seq: u32, client: SocketAddr, server: SocketAddr) -> Vec<u8> {
     let len = NLMSG_HDR + REQ_LEN;
     let mut m = Vec::with_capacity(len);
     m.extend_from_slice(&(len as u32).to_ne_bytes());
     m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
     m.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    m.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    m.extend_from_slice(&seq.to_ne_bytes());
     m.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
     m.push(family(client.ip()));
     m.push(libc::IPPROTO_TCP as u8);
@@ -145,10 +209,20 @@ mod tests {
         let (accepted, peer) = listener.accept().expect("accept");
         let local = accepted.local_addr().expect("local");
         let me = crate::frontend::users::own_uid();
-        assert_eq!(lookup(peer, local).expect("lookup"), Found::Owner(me));
-        // The reverse pair is the proxy's own socket, never the client's.
+        let diag = SockDiag::new();
+        assert_eq!(diag.lookup(peer, local).expect("lookup"), Found::Owner(me));
         let unused: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-        assert_eq!(lookup(unused, local).expect("lookup"), Found::Absent);
+        assert_eq!(diag.lookup(unused, local).expect("lookup"), Found::Absent);
         drop(client);
+        // Once the client's socket is closed, its TIME_WAIT/FIN entry names no owner.
+        drop(accepted);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while diag.lookup(peer, local).expect("lookup") != Found::Absent {
+            assert!(
+                Instant::now() < deadline,
+                "a closed socket still has an owner"
+            );
+            std::thread::yield_now();
+        }
     }
 }

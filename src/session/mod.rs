@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{self, Tally, Traffic};
 use crate::client::{self, Hello, StartupInfo};
 use crate::error::{sqlstate, ClientError};
-use crate::frontend::peer::{self, Identity, PeerAddr};
+use crate::frontend::peer::{Identity, PeerAddr};
 use crate::relay;
 use crate::target::TargetContext;
 use crate::upstream::login::Failure;
@@ -27,7 +27,7 @@ pub async fn serve<S>(ctx: &TargetContext, mut client: S, peer: PeerAddr, cut: C
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let identity = peer::identify(peer, ctx.access.needs_groups()).await;
+    let identity = ctx.access.identify(peer).await;
     let handshake = timeout(
         ctx.settings.handshake_timeout,
         client::handshake(&mut client),
