@@ -16,65 +16,70 @@ use support::running::Running;
 use support::{pg, ProxySpec, StandIn};
 
 const OTHER: &str = "pgiam_other";
+const THIRD: &str = "pgiam_third";
+
+/// The uid and gid of OS user `name`, created if missing (idempotent).
+fn os_user(name: &str) -> (u32, u32) {
+    let id = |flag: &str| {
+        let out = Command::new("id").args([flag, name]).output().expect("id");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u32>()
+            .ok()
+    };
+    if id("-u").is_none() {
+        let status = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ])
+            .status()
+            .expect("useradd");
+        assert!(status.success() || id("-u").is_some(), "useradd {name}");
+    }
+    (id("-u").expect("uid"), id("-g").expect("gid"))
+}
 
 /// The second OS user's uid and gid (created on first use).
 fn other() -> (u32, u32) {
     static IDS: OnceLock<(u32, u32)> = OnceLock::new();
-    *IDS.get_or_init(|| {
-        let id = |flag: &str| {
-            let out = Command::new("id").args([flag, OTHER]).output().expect("id");
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse::<u32>()
-                .ok()
-        };
-        if id("-u").is_none() {
-            let status = Command::new("useradd")
-                .args([
-                    "--system",
-                    "--no-create-home",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                    OTHER,
-                ])
-                .status()
-                .expect("useradd");
-            assert!(status.success() || id("-u").is_some(), "useradd {OTHER}");
-        }
-        (id("-u").expect("uid"), id("-g").expect("gid"))
-    })
+    *IDS.get_or_init(|| os_user(OTHER))
 }
 
 /// `program args` run as the second user, with no supplementary groups.
 fn as_other(program: &str, args: &[&str]) -> Command {
-    let (uid, gid) = other();
+    as_user(other(), program, args)
+}
+
+/// `program args` run as `(uid, gid)`, with no supplementary groups.
+fn as_user((uid, gid): (u32, u32), program: &str, args: &[&str]) -> Command {
+    let (uid, gid) = (uid.to_string(), gid.to_string());
     let mut cmd = Command::new("setpriv");
-    cmd.args([
-        "--reuid",
-        &uid.to_string(),
-        "--regid",
-        &gid.to_string(),
-        "--clear-groups",
-        "--",
-    ])
-    .arg(program)
-    .args(args)
-    .env("HOME", "/tmp")
-    .current_dir("/tmp")
-    .stdin(Stdio::null());
+    cmd.args(["--reuid", &uid, "--regid", &gid, "--clear-groups", "--"])
+        .arg(program)
+        .args(args)
+        .env("HOME", "/tmp")
+        .current_dir("/tmp")
+        .stdin(Stdio::null());
     cmd
 }
 
 /// A raw startup packet from the second user; the proxy's first answer as JSON.
 fn hello_as_other(host: &str, port: u16, user: &str, db: &str) -> serde_json::Value {
+    hello_as(other(), host, port, user, db)
+}
+
+/// A raw startup packet from `(uid, gid)`; the proxy's first answer as JSON.
+fn hello_as(ids: (u32, u32), host: &str, port: u16, user: &str, db: &str) -> serde_json::Value {
     let script = support::repo().join("tests/support/pg_hello.py");
     let script = script.to_str().expect("path");
-    let out = as_other(
-        "/usr/bin/python3",
-        &[script, host, &port.to_string(), user, db],
-    )
-    .output()
-    .expect("python");
+    let port = port.to_string();
+    let out = as_user(ids, "/usr/bin/python3", &[script, host, &port, user, db])
+        .output()
+        .expect("python");
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.trim())
         .unwrap_or_else(|_| panic!("{text}{}", String::from_utf8_lossy(&out.stderr)))
@@ -330,4 +335,54 @@ fn audit_lines_for_each_session_and_no_secret() {
         "secret key in the logs"
     );
     assert!(!logs.contains("X-Amz-Signature"), "a token in the logs");
+}
+
+/// The proxy binary itself running as the second user: its own user may use any database
+/// user, root is admitted, a third user is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_run_by_another_user_admits_that_user_and_root_only() {
+    let si = StandIn::shared();
+    let (iam, db) = (&si.info.iam_user, &si.info.database);
+    let third = os_user(THIRD);
+    let dir = open_dir();
+    let ca = dir.path().join("ca.pem");
+    std::fs::copy(&si.info.ca_file, &ca).expect("copy CA");
+    std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let port = si.info.port.to_string();
+    let ca = ca.to_str().expect("path");
+    let mut cmd = as_other(
+        support::running::BIN,
+        &[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--host",
+            "localhost",
+            "--port",
+            &port,
+        ],
+    );
+    cmd.args(["--ca-file", ca, "--log-format", "json"])
+        .envs(si.aws_env())
+        .env("PG_IAM_PROXY_LOG", "info");
+    let mut proxy = Running::spawn(cmd);
+    let addr = proxy.addr();
+    let (ok, text) = psql_as_other("127.0.0.1", addr.port(), iam, db);
+    assert!(
+        ok && text.trim() == iam.as_str(),
+        "the proxy's own user: {text}"
+    );
+    let (client, _task) = pg(addr, iam, db).await.expect("root is admitted");
+    client.simple_query("select 1").await.expect("query");
+    let answer = hello_as(third, "127.0.0.1", addr.port(), iam, db);
+    let (code, message, hint) = error_of(&answer);
+    assert_eq!(code, "28000", "{answer}");
+    let who = format!("\"{THIRD}\" (uid {}) may not use this proxy", third.0);
+    assert!(message.contains(&who), "{message}");
+    assert!(
+        hint.contains(&format!("its own user (uid {})", other().0)),
+        "{hint}"
+    );
+    let refused = proxy.wait_for("client refused");
+    assert!(refused.contains(THIRD), "{refused}");
 }
