@@ -185,7 +185,7 @@ async fn an_allowed_user_gets_only_the_database_users_its_rule_allows() {
     let map = dir.path().join("users.map");
     std::fs::write(&map, format!("# test map\n{OTHER}  {iam}\n")).expect("map");
     let mut spec = ProxySpec::new(si);
-    spec.proxy.allow_uid = Some(vec![other().0.to_string()]);
+    spec.proxy.allow_uid = Some(vec![other().0.to_string().as_str().into()]);
     spec.target.user_map = Some(map);
     spec.target.unix_socket = Some(dir.path().to_owned());
     spec.target.unix_socket_mode = Some("0666".into());

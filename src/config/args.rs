@@ -204,7 +204,7 @@ pub struct ProxyArgs {
         value_name = "UID|NAME",
         value_delimiter = ','
     )]
-    pub allow_uid: Option<Vec<String>>,
+    pub allow_uid: Option<Vec<IdSpec>>,
     /// Also admit local users in this group (gid or name; repeatable).
     #[arg(
         long,
@@ -212,7 +212,7 @@ pub struct ProxyArgs {
         value_name = "GID|NAME",
         value_delimiter = ','
     )]
-    pub allow_gid: Option<Vec<String>>,
+    pub allow_gid: Option<Vec<IdSpec>>,
     /// Admit every local user, without asking the kernel who connected.
     #[arg(long, env = "PG_IAM_PROXY_ALLOW_ANY_LOCAL_USER", num_args = 0..=1, default_missing_value = "true")]
     pub allow_any_local_user: Option<bool>,
@@ -232,6 +232,39 @@ pub struct ProxyArgs {
     #[arg(long, env = "PG_IAM_PROXY_LOGIN_QUEUE_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
     pub login_queue_timeout: Option<Duration>,
+}
+
+/// A user or group by number or name: a flag's text, or in the file a string or an integer
+/// (`allow_uid = [1000, "alice"]`). Resolved at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdSpec(pub String);
+
+impl std::str::FromStr for IdSpec {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl From<&str> for IdSpec {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl<'de> Deserialize<'de> for IdSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Id(u32),
+            Name(String),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::Id(n) => Self(n.to_string()),
+            Raw::Name(s) => Self(s),
+        })
+    }
 }
 
 /// The TOML file's shape.

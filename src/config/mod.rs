@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::iam::RoleSpec;
 
 mod args;
-pub use args::{FileConfig, PoolMode, ProxyArgs, TargetArgs, TlsMode};
+pub use args::{FileConfig, IdSpec, PoolMode, ProxyArgs, TargetArgs, TlsMode};
 
 /// Invalid configuration, with what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -218,16 +218,8 @@ pub fn build(
             .allow_remote_clients
             .or(f.allow_remote_clients)
             .unwrap_or(false),
-        allow_uid: c
-            .allow_uid
-            .clone()
-            .or(f.allow_uid.clone())
-            .unwrap_or_default(),
-        allow_gid: c
-            .allow_gid
-            .clone()
-            .or(f.allow_gid.clone())
-            .unwrap_or_default(),
+        allow_uid: ids(&c.allow_uid, &f.allow_uid),
+        allow_gid: ids(&c.allow_gid, &f.allow_gid),
         allow_any_local_user: c
             .allow_any_local_user
             .or(f.allow_any_local_user)
@@ -339,6 +331,13 @@ fn target(t: TargetArgs) -> Result<Target, ConfigError> {
         role,
         pool,
     })
+}
+
+/// A list of ids from flags/env, else the file's, as text.
+fn ids(cli: &Option<Vec<IdSpec>>, file: &Option<Vec<IdSpec>>) -> Vec<String> {
+    let list = cli.as_ref().or(file.as_ref());
+    list.map(|l| l.iter().map(|i| i.0.clone()).collect())
+        .unwrap_or_default()
 }
 
 /// The Unix socket's mode: given in octal (at most 0777), else 0600, or 0660 with a group.

@@ -182,3 +182,41 @@ fn pool_settings_default_to_session_pooling_and_are_checked() {
         assert!(err.to_string().contains(want), "{args}: {err}");
     }
 }
+
+#[test]
+fn access_settings_from_the_file_and_the_socket_mode() {
+    let host = TargetArgs {
+        host: Some("db.example.com".into()),
+        ..Default::default()
+    };
+    let file = parse(
+        r#"
+        [proxy]
+        allow_uid = [1000, "alice"]
+        allow_gid = ["staff"]
+        [defaults]
+        unix_socket_group = "staff"
+        "#,
+    );
+    let config = build(&ProxyArgs::default(), &host, &file).expect("valid");
+    assert_eq!(config.proxy.allow_uid, ["1000", "alice"]);
+    assert_eq!(config.proxy.allow_gid, ["staff"]);
+    assert!(!config.proxy.allow_any_local_user);
+    assert_eq!(config.targets[0].unix_socket_mode, 0o660, "group: 0660");
+    let plain = build(&ProxyArgs::default(), &host, &FileConfig::default()).expect("valid");
+    assert_eq!(
+        plain.targets[0].unix_socket_mode, 0o600,
+        "default: owner only"
+    );
+    let flags = ProxyArgs {
+        allow_uid: Some(vec!["bob".into()]),
+        ..Default::default()
+    };
+    let config = build(&flags, &host, &file).expect("valid");
+    assert_eq!(config.proxy.allow_uid, ["bob"], "flags beat the file");
+    for bad in ["0999", "1777", "rw"] {
+        let file = parse(&format!("[defaults]\nunix_socket_mode = \"{bad}\""));
+        let err = build(&ProxyArgs::default(), &host, &file).expect_err(bad);
+        assert!(err.to_string().contains("octal"), "{bad}: {err}");
+    }
+}
