@@ -171,8 +171,8 @@ async fn bind(target: &Target) -> Result<Vec<Listener>, StartError> {
     let local = tcp.local_addr().unwrap_or(target.listen);
     if !local.ip().to_canonical().is_loopback() {
         tracing::warn!(target = %target.name, listen = %local,
-            "listening beyond loopback (--allow-remote-clients): whoever reaches this address uses \
-             the database as its IAM user with no password");
+            "listening beyond loopback (--allow-remote-clients): remote clients need TLS and a \
+             SCRAM password from --client-auth-file");
     }
     tracing::info!(target = %target.name, listen = %local,
         upstream = %format!("{}:{}", target.host, target.port), "listening");

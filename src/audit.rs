@@ -1,6 +1,6 @@
 //! The audit trail: one line at the start and one at the end of every client session, with
 //! tracing target `audit` (so `PG_IAM_PROXY_LOG=audit=info,warn` keeps just these): who
-//! (uid and OS user name, or a remote address), from where, as which database user, to
+//! (uid and OS user name, or the SCRAM user of a remote client), from where, as which database user, to
 //! which database and target, with which IAM role, and at the end for how long and how many
 //! bytes each way. JSON with `--log-format json`. No token or secret is among the fields.
 
@@ -67,8 +67,9 @@ impl Session<'_> {
     /// The session-start line.
     pub fn start(&self) {
         let (uid, os_user) = self.who();
+        let client_user = self.identity.name().unwrap_or_default();
         tracing::info!(target: "audit", event = "session_start", uid, os_user,
-            client_addr = %self.identity.addr, db_user = self.db_user, database = self.database,
+            client_user, client_addr = %self.identity.addr, db_user = self.db_user, database = self.database,
             upstream_target = self.target, role_arn = self.role_arn.unwrap_or(""),
             "session start");
     }
@@ -76,8 +77,9 @@ impl Session<'_> {
     /// The session-end line.
     pub fn end(&self, traffic: &Traffic) {
         let (uid, os_user) = self.who();
+        let client_user = self.identity.name().unwrap_or_default();
         tracing::info!(target: "audit", event = "session_end", uid, os_user,
-            client_addr = %self.identity.addr, db_user = self.db_user, database = self.database,
+            client_user, client_addr = %self.identity.addr, db_user = self.db_user, database = self.database,
             upstream_target = self.target, role_arn = self.role_arn.unwrap_or(""),
             duration_ms = self.started.elapsed().as_millis() as u64,
             bytes_to_server = traffic.to_server.load(Ordering::Relaxed),

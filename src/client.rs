@@ -39,6 +39,9 @@ pub enum Hello {
     Startup(StartupInfo),
     /// Cancel a query running in another session.
     Cancel(CancelRequest),
+    /// TLS, which the proxy offers and has accepted with `S`: the caller performs the TLS
+    /// handshake and reads the startup request again over it.
+    Tls,
 }
 
 fn malformed(e: FrameError) -> ClientError {
@@ -48,9 +51,12 @@ fn malformed(e: FrameError) -> ClientError {
     )
 }
 
-/// Reads the client's startup request, declining TLS and GSS encryption.
+/// Reads the client's startup request, declining GSS encryption, and TLS unless
+/// `offer_tls` (then an SSLRequest is answered `S` and ends the handshake with
+/// [`Hello::Tls`]).
 pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
+    offer_tls: bool,
 ) -> Result<Hello, ClientError> {
     let (mut ssl_declined, mut gss_declined) = (false, false);
     loop {
@@ -59,6 +65,12 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             .map_err(malformed)?;
         let code = (&packet[4..8]).get_u32();
         match code {
+            SSL_REQUEST if packet.len() == 8 && offer_tls && !ssl_declined => {
+                wire::send(stream, b"S")
+                    .await
+                    .map_err(|e| malformed(e.into()))?;
+                return Ok(Hello::Tls);
+            }
             SSL_REQUEST | GSSENC_REQUEST if packet.len() == 8 => {
                 let seen = if code == SSL_REQUEST {
                     &mut ssl_declined
@@ -225,7 +237,7 @@ mod tests {
         tokio::io::AsyncWriteExt::write_all(&mut b, &packet)
             .await
             .expect("write");
-        handshake(&mut a).await
+        handshake(&mut a, false).await
     }
 
     #[tokio::test]

@@ -208,7 +208,9 @@ impl Acceptor {
         let spare = self.spare.clone();
         self.tracker.spawn(
             async move {
-                let _ = tokio::time::timeout(SPARE_HANDSHAKE, client::handshake(&mut stream)).await;
+                let _ =
+                    tokio::time::timeout(SPARE_HANDSHAKE, client::handshake(&mut stream, false))
+                        .await;
                 client::reject(&mut stream, &fds::exhausted_error()).await;
                 drop(stream);
                 spare.restore();

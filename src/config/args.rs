@@ -196,6 +196,17 @@ pub struct ProxyArgs {
     /// database user with no password [default: off: loopback and Unix sockets only].
     #[arg(long, env = "PG_IAM_PROXY_ALLOW_REMOTE_CLIENTS", num_args = 0..=1, default_missing_value = "true")]
     pub allow_remote_clients: Option<bool>,
+    /// Certificate chain (PEM) the proxy shows clients that ask for TLS; required, with a
+    /// client authentication, for a listener beyond loopback.
+    #[arg(long, env = "PG_IAM_PROXY_CLIENT_TLS_CERT", value_name = "PEM")]
+    pub client_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-tls-cert.
+    #[arg(long, env = "PG_IAM_PROXY_CLIENT_TLS_KEY", value_name = "PEM")]
+    pub client_tls_key: Option<PathBuf>,
+    /// Remote clients authenticate with SCRAM-SHA-256 against this file, in PgBouncer's
+    /// auth_file format: `"user" "SCRAM-SHA-256$..."` (`pg-iam-proxy scram-verifier` prints one).
+    #[arg(long, env = "PG_IAM_PROXY_CLIENT_AUTH_FILE", value_name = "FILE")]
+    pub client_auth_file: Option<PathBuf>,
     /// Also admit this local user (uid or name; repeatable). By default only the proxy's own
     /// OS user and root may connect.
     #[arg(

@@ -61,6 +61,12 @@ pub struct ProxySettings {
     pub quitquitquit: bool,
     /// See [`ProxyArgs::allow_remote_clients`].
     pub allow_remote_clients: bool,
+    /// See [`ProxyArgs::client_tls_cert`].
+    pub client_tls_cert: Option<PathBuf>,
+    /// See [`ProxyArgs::client_tls_key`].
+    pub client_tls_key: Option<PathBuf>,
+    /// See [`ProxyArgs::client_auth_file`].
+    pub client_auth_file: Option<PathBuf>,
     /// See [`ProxyArgs::allow_uid`] (resolved at start-up).
     pub allow_uid: Vec<String>,
     /// See [`ProxyArgs::allow_gid`] (resolved at start-up).
@@ -218,6 +224,9 @@ pub fn build(
             .allow_remote_clients
             .or(f.allow_remote_clients)
             .unwrap_or(false),
+        client_tls_cert: c.client_tls_cert.clone().or(f.client_tls_cert.clone()),
+        client_tls_key: c.client_tls_key.clone().or(f.client_tls_key.clone()),
+        client_auth_file: c.client_auth_file.clone().or(f.client_auth_file.clone()),
         allow_uid: ids(&c.allow_uid, &f.allow_uid),
         allow_gid: ids(&c.allow_gid, &f.allow_gid),
         allow_any_local_user: c
@@ -274,9 +283,12 @@ pub fn build(
         .map(|t| target(cli_target.or(t).or(&file.defaults)))
         .collect::<Result<Vec<_>, _>>()?;
     check_unique_listeners(&targets)?;
-    if !proxy.allow_remote_clients {
-        check_local_listeners(&targets)?;
+    if proxy.client_tls_cert.is_some() != proxy.client_tls_key.is_some() {
+        return Err(ConfigError::Invalid(
+            "--client-tls-cert and --client-tls-key go together".into(),
+        ));
     }
+    check_local_listeners(&targets, &proxy)?;
     Ok(Config { proxy, targets })
 }
 
@@ -367,21 +379,28 @@ fn check_unique_listeners(targets: &[Target]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Every client of a target logs in as its IAM database user without a password, so a
-/// listener the network can reach needs the user's explicit consent.
-fn check_local_listeners(targets: &[Target]) -> Result<(), ConfigError> {
-    match targets
+/// Every client of a target logs in as its IAM database user, so a listener the network
+/// can reach needs the user's explicit consent, TLS and a client authentication.
+fn check_local_listeners(targets: &[Target], proxy: &ProxySettings) -> Result<(), ConfigError> {
+    let Some(t) = targets
         .iter()
         .find(|t| !t.listen.ip().to_canonical().is_loopback())
-    {
-        Some(t) => Err(ConfigError::Invalid(format!(
-            "target {} listens on {}, which clients on the network can reach, and they would use \
-             the database as its IAM user with no password. Listen on 127.0.0.1 (or a Unix \
-             socket), or add --allow-remote-clients if every host that can reach it may",
-            t.name, t.listen
-        ))),
-        None => Ok(()),
-    }
+    else {
+        return Ok(());
+    };
+    let fix = if !proxy.allow_remote_clients {
+        "Listen on 127.0.0.1 (or a Unix socket), or add --allow-remote-clients"
+    } else if proxy.client_tls_cert.is_none() || proxy.client_auth_file.is_none() {
+        "Remote clients must use TLS and authenticate: add --client-tls-cert, --client-tls-key \
+         and --client-auth-file (SCRAM-SHA-256 verifiers; `pg-iam-proxy scram-verifier` prints one)"
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::Invalid(format!(
+        "target {} listens on {}, which clients on the network can reach, and they would use the \
+         database as its IAM user. {fix}",
+        t.name, t.listen
+    )))
 }
 
 #[cfg(test)]

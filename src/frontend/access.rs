@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use super::auth_file::AuthFile;
 use super::peer::{Client, Identity, Unknown};
 use super::sock_diag::SockDiag;
 use super::user_map::UserMap;
@@ -25,6 +26,10 @@ pub struct Access {
     pub any_local: bool,
     /// The kernel's socket table, asked who owns a loopback client's socket.
     pub diag: Arc<SockDiag>,
+    /// TLS toward clients (`--client-tls-cert`), if configured.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Remote clients' SCRAM verifiers (`--client-auth-file`), if configured.
+    pub auth_file: Option<Arc<AuthFile>>,
 }
 
 /// Which database users a target's clients may become.
@@ -47,6 +52,10 @@ pub enum Refusal {
     UnknownOwner(Box<Identity>),
     /// Admitted, but not as this database user.
     DbUser(Box<Identity>, String, Vec<String>),
+    /// A remote client without TLS.
+    TlsRequired(Box<Identity>),
+    /// A remote client whose SCRAM exchange failed (the error says how).
+    Password(Box<Identity>, ClientError),
 }
 
 impl Refusal {
@@ -56,6 +65,19 @@ impl Refusal {
             Self::NotAdmitted(_) => "uid",
             Self::UnknownOwner(_) => "unknown_owner",
             Self::DbUser(..) => "db_user",
+            Self::TlsRequired(_) => "tls_required",
+            Self::Password(..) => "password",
+        }
+    }
+
+    /// Who was refused.
+    pub fn identity(&self) -> &Identity {
+        match self {
+            Self::NotAdmitted(id)
+            | Self::UnknownOwner(id)
+            | Self::DbUser(id, ..)
+            | Self::TlsRequired(id)
+            | Self::Password(id, _) => id,
         }
     }
 
@@ -84,6 +106,14 @@ impl Refusal {
                 )
             }
             Self::DbUser(id, db_user, allowed) => db_user_refused(id, db_user, allowed),
+            Self::TlsRequired(id) => ClientError::new(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!(
+                    "pg-iam-proxy: remote client {} must use TLS (connect with sslmode=verify-full)",
+                    id.addr
+                ),
+            ),
+            Self::Password(_, e) => e.clone(),
         }
     }
 }
@@ -137,7 +167,7 @@ impl Access {
             return Ok(());
         }
         match &id.client {
-            Client::Remote => Ok(()),
+            Client::Remote | Client::Authenticated { .. } => Ok(()),
             Client::Unknown(_) => Err(Refusal::UnknownOwner(Box::new(id.clone()))),
             Client::Local { uid, groups, .. } => {
                 let admitted = self.privileged(*uid)

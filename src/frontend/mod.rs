@@ -4,10 +4,13 @@
 //! [`user_map`]), with names from the OS user database ([`users`]).
 
 pub mod access;
+pub mod auth_file;
 pub mod peer;
 pub mod proc_net;
 pub mod resolve;
+pub mod scram;
 pub mod sock_diag;
+pub mod tls;
 pub mod unix_socket;
 pub mod user_map;
 pub mod users;

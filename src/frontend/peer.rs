@@ -75,8 +75,14 @@ pub enum Client {
         /// Its groups (only when the admission rule needs them).
         groups: Vec<u32>,
     },
-    /// A client beyond loopback (a listener allowed with `--allow-remote-clients`).
+    /// A client beyond loopback (a listener allowed with `--allow-remote-clients`), before
+    /// it authenticates.
     Remote,
+    /// A remote client that proved who it is with SCRAM over TLS.
+    Authenticated {
+        /// The SCRAM user (the startup packet's user name).
+        user: String,
+    },
     /// A loopback client whose owner could not be established.
     Unknown(Unknown),
 }
@@ -96,6 +102,7 @@ impl Identity {
         match &self.client {
             Client::Local { user: Some(u), .. } => Some(u.name.clone()),
             Client::Local { uid, .. } => Some(uid.to_string()),
+            Client::Authenticated { user } => Some(user.clone()),
             _ => None,
         }
     }
@@ -110,6 +117,9 @@ impl Identity {
                 uid, user: None, ..
             } => format!("local uid {uid}"),
             Client::Remote => format!("remote client {}", self.addr),
+            Client::Authenticated { user } => {
+                format!("remote user \"{user}\" (SCRAM) from {}", self.addr)
+            }
             Client::Unknown(_) => format!("client {} of unknown owner", self.addr),
         }
     }

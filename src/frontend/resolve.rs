@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::access::{Access, DbUserRule};
+use super::auth_file::AuthFile;
 use super::sock_diag::SockDiag;
 use super::user_map::UserMap;
 use super::users;
@@ -27,6 +28,14 @@ pub fn access(settings: &ProxySettings) -> Result<Access, String> {
         gids,
         any_local: settings.allow_any_local_user,
         diag: Arc::new(SockDiag::new()),
+        tls: match (&settings.client_tls_cert, &settings.client_tls_key) {
+            (Some(cert), Some(key)) => Some(super::tls::server_config(cert, key)?),
+            _ => None,
+        },
+        auth_file: match &settings.client_auth_file {
+            Some(path) => Some(Arc::new(AuthFile::load(path)?)),
+            None => None,
+        },
     })
 }
 

@@ -5,16 +5,15 @@
 //! ([`pooled`], session mode).
 
 mod direct;
+mod front;
 mod pooled;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{self, Tally, Traffic};
 use crate::client::{self, Hello, StartupInfo};
-use crate::error::{sqlstate, ClientError};
 use crate::frontend::peer::{Identity, PeerAddr};
 use crate::relay;
 use crate::target::TargetContext;
@@ -28,52 +27,20 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let identity = ctx.access.identify(peer).await;
-    let handshake = timeout(
-        ctx.settings.handshake_timeout,
-        client::handshake(&mut client),
-    );
-    let hello = match or_cut(&cut, handshake).await {
-        None => return client::reject(&mut client, &ClientError::admin_shutdown()).await,
-        Some(Ok(Ok(hello))) => hello,
-        Some(Ok(Err(e))) => {
-            tracing::debug!(error = %e, "handshake failed");
-            return client::reject(&mut client, &e).await;
-        }
-        Some(Err(_)) => {
-            let e = ClientError::new(
-                sqlstate::PROTOCOL_VIOLATION,
-                "timeout waiting for the startup packet",
-            );
-            tracing::debug!("handshake timed out");
-            return client::reject(&mut client, &e).await;
-        }
+    let offer_tls = ctx.access.tls.is_some();
+    let Some(hello) = front::hello(ctx, &mut client, &cut, offer_tls).await else {
+        return;
     };
-    let admitted = ctx.access.admit(&identity);
-    if let Err(refusal) = &admitted {
-        ctx.metrics.client_refused(refusal.reason());
-        tracing::warn!(client = %identity.describe(), reason = refusal.reason(), "client refused");
+    if !matches!(hello, Hello::Tls) {
+        return front::after_hello(ctx, client, identity, hello, false, cut).await;
     }
-    match hello {
-        Hello::Cancel(_) if admitted.is_err() => {}
-        Hello::Cancel(request) => {
-            let forward = ctx.cancels.forward(&request, |o| ctx.metrics.cancel(o));
-            let _ = or_cut(&cut, forward).await;
-        }
-        Hello::Startup(_) if admitted.is_err() => {
-            if let Err(refusal) = admitted {
-                client::reject(&mut client, &refusal.to_error(&ctx.access)).await;
-            }
-        }
-        Hello::Startup(info) => match ctx.db_users.decide(&ctx.access, &identity, &info.user) {
-            Ok(user) => session(ctx, client, &identity, user, info, cut).await,
-            Err(refusal) => {
-                ctx.metrics.client_refused(refusal.reason());
-                tracing::warn!(client = %identity.describe(), db_user = %info.user,
-                    "database user not allowed for this client");
-                client::reject(&mut client, &refusal.to_error(&ctx.access)).await;
-            }
-        },
-    }
+    let Some(mut tls) = front::accept_tls(ctx, client, &cut).await else {
+        return;
+    };
+    let Some(hello) = front::hello(ctx, &mut tls, &cut, false).await else {
+        return;
+    };
+    Box::pin(front::after_hello(ctx, tls, identity, hello, true, cut)).await
 }
 
 /// Runs a stage before the relay unless the shutdown drain ends first (`None`).
