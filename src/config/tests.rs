@@ -97,7 +97,7 @@ fn duplicate_listeners_are_rejected() {
 }
 
 #[test]
-fn network_listeners_need_explicit_consent() {
+fn network_listeners_need_explicit_consent_tls_and_client_auth() {
     let on = |listen: &str| TargetArgs {
         host: Some("db".into()),
         listen: Some(listen.parse().expect("addr")),
@@ -116,14 +116,37 @@ fn network_listeners_need_explicit_consent() {
         let err = build(&ProxyArgs::default(), &on(remote), &file).expect_err(remote);
         assert!(err.to_string().contains("--allow-remote-clients"), "{err}");
     }
-    let allowed = ProxyArgs {
+    let consent = ProxyArgs {
         allow_remote_clients: Some(true),
         ..Default::default()
     };
-    let config = build(&allowed, &on("0.0.0.0:5432"), &file).expect("consented");
+    let err = build(&consent, &on("0.0.0.0:5432"), &file).expect_err("no TLS");
+    assert!(err.to_string().contains("--client-tls-cert"), "{err}");
+    let secured = ProxyArgs {
+        client_tls_cert: Some("cert.pem".into()),
+        client_tls_key: Some("key.pem".into()),
+        client_auth_file: Some("users.txt".into()),
+        ..consent.clone()
+    };
+    let config = build(&secured, &on("0.0.0.0:5432"), &file).expect("consented and secured");
     assert!(config.proxy.allow_remote_clients);
-    let in_file = parse("[proxy]\nallow_remote_clients = true\n");
-    build(&ProxyArgs::default(), &on("0.0.0.0:5432"), &in_file).expect("consented in the file");
+    let no_auth = ProxyArgs {
+        client_auth_file: None,
+        ..secured.clone()
+    };
+    let err = build(&no_auth, &on("0.0.0.0:5432"), &file).expect_err("no client auth");
+    assert!(err.to_string().contains("--client-auth-file"), "{err}");
+    let in_file = parse(
+        "[proxy]\nallow_remote_clients = true\nclient_tls_cert = \"c\"\nclient_tls_key = \"k\"\n\
+         client_auth_file = \"a\"\n",
+    );
+    build(&ProxyArgs::default(), &on("0.0.0.0:5432"), &in_file).expect("all in the file");
+    let half = ProxyArgs {
+        client_tls_key: None,
+        ..secured
+    };
+    let err = build(&half, &on("127.0.0.1:5432"), &file).expect_err("cert without key");
+    assert!(err.to_string().contains("go together"), "{err}");
 }
 
 #[test]
