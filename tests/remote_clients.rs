@@ -58,18 +58,26 @@ struct Remote {
     _proxy: support::Proxy,
 }
 
-async fn start(si: &StandIn) -> Remote {
+async fn start(si: &StandIn, client_ca: Option<PathBuf>) -> Remote {
     let dir = tempfile::tempdir().expect("dir");
     let auth = dir.path().join("users.txt");
     std::fs::write(&auth, verifier_line("alice", PASSWORD)).expect("auth file");
     let certs = si.info.ca_file.parent().expect("cert dir");
     let mut spec = ProxySpec::new(si);
     spec.target.listen = Some("0.0.0.0:0".parse().expect("addr"));
-    spec.target.db_user = Some(si.info.iam_user.clone());
+    if client_ca.is_none() {
+        spec.target.db_user = Some(si.info.iam_user.clone());
+    } else {
+        // Certificate clients: the CN is the identity the map knows.
+        let map = dir.path().join("users.map");
+        std::fs::write(&map, format!("alice {}\n", si.info.iam_user)).expect("map");
+        spec.target.user_map = Some(map);
+    }
     spec.proxy.allow_remote_clients = Some(true);
     spec.proxy.client_tls_cert = Some(certs.join("server.crt"));
     spec.proxy.client_tls_key = Some(certs.join("server.key"));
     spec.proxy.client_auth_file = Some(auth);
+    spec.proxy.client_ca_file = client_ca;
     let proxy = spec.start().await;
     Remote {
         addr: SocketAddr::new(host_address(), proxy.addr.port()),
@@ -82,8 +90,19 @@ async fn start(si: &StandIn) -> Remote {
 /// psql over TLS with verify-full (the certificate names localhost; the connection goes to
 /// the host's network address).
 fn psql_remote(r: &Remote, user: &str, password: &str, db: &str) -> (bool, String) {
+    psql_remote_with(r, user, password, db, "")
+}
+
+/// [`psql_remote`] with more connection parameters (`sslcert=...`).
+fn psql_remote_with(
+    r: &Remote,
+    user: &str,
+    password: &str,
+    db: &str,
+    more: &str,
+) -> (bool, String) {
     let conn = format!(
-        "host=localhost hostaddr={} port={} user={user} dbname={db} sslmode=verify-full sslrootcert={}",
+        "host=localhost hostaddr={} port={} user={user} dbname={db} sslmode=verify-full sslrootcert={} {more}",
         r.addr.ip(),
         r.addr.port(),
         r.ca.display()
@@ -125,7 +144,7 @@ async fn tokio_pg_tls(r: &Remote, user: &str, password: &str, db: &str) -> Resul
 async fn remote_clients_use_tls_and_scram() {
     let si = StandIn::shared();
     let (iam, db) = (&si.info.iam_user, &si.info.database);
-    let r = start(si).await;
+    let r = start(si, None).await;
     let (ok, text) = psql_remote(&r, "alice", PASSWORD, db);
     assert!(
         ok && text.trim() == iam.as_str(),
@@ -163,4 +182,110 @@ async fn remote_clients_use_tls_and_scram() {
     let local = SocketAddr::from(([127, 0, 0, 1], r.addr.port()));
     let (client, _task) = pg(local, iam, db).await.expect("local root");
     client.simple_query("select 1").await.expect("query");
+}
+
+/// A CA and a client certificate (CN `cn`) signed by it, made with the openssl CLI.
+fn client_certificate(dir: &std::path::Path, cn: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            "/CN=client CA",
+            "-days",
+            "1",
+        ],
+    ]
+    .concat());
+    let subj = format!("/CN={cn}");
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+            "-subj",
+            &subj,
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "client.crt",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (
+        dir.join("ca.crt"),
+        dir.join("client.crt"),
+        dir.join("client.key"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_clients_with_a_certificate_need_no_password() {
+    let si = StandIn::shared();
+    let (iam, db) = (&si.info.iam_user, &si.info.database);
+    let certs = tempfile::tempdir().expect("dir");
+    let (ca, cert, key) = client_certificate(certs.path(), "alice");
+    let r = start(si, Some(ca)).await;
+    let with_cert = format!("sslcert={} sslkey={}", cert.display(), key.display());
+    let (ok, text) = psql_remote_with(&r, iam, "", db, &with_cert);
+    assert!(
+        ok && text.trim() == iam.as_str(),
+        "certificate, no password: {text}"
+    );
+    let (ok, text) = psql_remote_with(&r, "postgres", "", db, &with_cert);
+    let refused = "remote user \"alice\" (certificate)";
+    assert!(
+        !ok && text.contains(refused) && text.contains("\"postgres\""),
+        "{text}"
+    );
+    // Without a certificate, SCRAM still applies (the certificate is optional with a SCRAM file).
+    let (ok, text) = psql_remote(&r, "alice", "wrong", db);
+    assert!(
+        !ok && text.contains("password authentication failed for user \"alice\""),
+        "{text}"
+    );
 }

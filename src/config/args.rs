@@ -207,6 +207,10 @@ pub struct ProxyArgs {
     /// auth_file format: `"user" "SCRAM-SHA-256$..."` (`pg-iam-proxy scram-verifier` prints one).
     #[arg(long, env = "PG_IAM_PROXY_CLIENT_AUTH_FILE", value_name = "FILE")]
     pub client_auth_file: Option<PathBuf>,
+    /// Remote clients may authenticate with a certificate signed by a CA in this PEM file;
+    /// its subject's CN is the client identity.
+    #[arg(long, env = "PG_IAM_PROXY_CLIENT_CA_FILE", value_name = "PEM")]
+    pub client_ca_file: Option<PathBuf>,
     /// Also admit this local user (uid or name; repeatable). By default only the proxy's own
     /// OS user and root may connect.
     #[arg(

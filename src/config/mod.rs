@@ -67,6 +67,8 @@ pub struct ProxySettings {
     pub client_tls_key: Option<PathBuf>,
     /// See [`ProxyArgs::client_auth_file`].
     pub client_auth_file: Option<PathBuf>,
+    /// See [`ProxyArgs::client_ca_file`].
+    pub client_ca_file: Option<PathBuf>,
     /// See [`ProxyArgs::allow_uid`] (resolved at start-up).
     pub allow_uid: Vec<String>,
     /// See [`ProxyArgs::allow_gid`] (resolved at start-up).
@@ -227,6 +229,7 @@ pub fn build(
         client_tls_cert: c.client_tls_cert.clone().or(f.client_tls_cert.clone()),
         client_tls_key: c.client_tls_key.clone().or(f.client_tls_key.clone()),
         client_auth_file: c.client_auth_file.clone().or(f.client_auth_file.clone()),
+        client_ca_file: c.client_ca_file.clone().or(f.client_ca_file.clone()),
         allow_uid: ids(&c.allow_uid, &f.allow_uid),
         allow_gid: ids(&c.allow_gid, &f.allow_gid),
         allow_any_local_user: c
@@ -283,6 +286,11 @@ pub fn build(
         .map(|t| target(cli_target.or(t).or(&file.defaults)))
         .collect::<Result<Vec<_>, _>>()?;
     check_unique_listeners(&targets)?;
+    if proxy.client_ca_file.is_some() && proxy.client_tls_cert.is_none() {
+        return Err(ConfigError::Invalid(
+            "--client-ca-file needs --client-tls-cert and --client-tls-key".into(),
+        ));
+    }
     if proxy.client_tls_cert.is_some() != proxy.client_tls_key.is_some() {
         return Err(ConfigError::Invalid(
             "--client-tls-cert and --client-tls-key go together".into(),
@@ -390,9 +398,12 @@ fn check_local_listeners(targets: &[Target], proxy: &ProxySettings) -> Result<()
     };
     let fix = if !proxy.allow_remote_clients {
         "Listen on 127.0.0.1 (or a Unix socket), or add --allow-remote-clients"
-    } else if proxy.client_tls_cert.is_none() || proxy.client_auth_file.is_none() {
+    } else if proxy.client_tls_cert.is_none()
+        || (proxy.client_auth_file.is_none() && proxy.client_ca_file.is_none())
+    {
         "Remote clients must use TLS and authenticate: add --client-tls-cert, --client-tls-key \
-         and --client-auth-file (SCRAM-SHA-256 verifiers; `pg-iam-proxy scram-verifier` prints one)"
+         and --client-auth-file (SCRAM-SHA-256 verifiers; `pg-iam-proxy scram-verifier` prints one) \
+         or --client-ca-file (client certificates)"
     } else {
         return Ok(());
     };

@@ -147,6 +147,18 @@ fn network_listeners_need_explicit_consent_tls_and_client_auth() {
     };
     let err = build(&half, &on("127.0.0.1:5432"), &file).expect_err("cert without key");
     assert!(err.to_string().contains("go together"), "{err}");
+    let ca_only = ProxyArgs {
+        client_ca_file: Some("ca.pem".into()),
+        ..consent.clone()
+    };
+    let err = build(&ca_only, &on("127.0.0.1:5432"), &file).expect_err("a CA without TLS");
+    assert!(err.to_string().contains("--client-ca-file needs"), "{err}");
+    let certs_only = ProxyArgs {
+        client_tls_cert: Some("cert.pem".into()),
+        client_tls_key: Some("key.pem".into()),
+        ..ca_only
+    };
+    build(&certs_only, &on("0.0.0.0:5432"), &file).expect("client certificates suffice");
 }
 
 #[test]

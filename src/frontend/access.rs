@@ -30,6 +30,8 @@ pub struct Access {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Remote clients' SCRAM verifiers (`--client-auth-file`), if configured.
     pub auth_file: Option<Arc<AuthFile>>,
+    /// Remote clients may authenticate with certificates (`--client-ca-file`).
+    pub client_certs: bool,
 }
 
 /// Which database users a target's clients may become.
@@ -109,7 +111,8 @@ impl Refusal {
             Self::TlsRequired(id) => ClientError::new(
                 sqlstate::INVALID_AUTHORIZATION,
                 format!(
-                    "pg-iam-proxy: remote client {} must use TLS (connect with sslmode=verify-full)",
+                    "pg-iam-proxy: remote client {} must use TLS (connect with sslmode=verify-full) \
+                     and authenticate",
                     id.addr
                 ),
             ),

@@ -78,13 +78,34 @@ pub enum Client {
     /// A client beyond loopback (a listener allowed with `--allow-remote-clients`), before
     /// it authenticates.
     Remote,
-    /// A remote client that proved who it is with SCRAM over TLS.
+    /// A remote client that proved who it is over TLS.
     Authenticated {
-        /// The SCRAM user (the startup packet's user name).
+        /// The SCRAM user (the startup packet's user name), or the certificate's CN.
         user: String,
+        /// How.
+        method: AuthMethod,
     },
     /// A loopback client whose owner could not be established.
     Unknown(Unknown),
+}
+
+/// How a remote client authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// SCRAM-SHA-256 against `--client-auth-file`.
+    Scram,
+    /// A certificate chaining to `--client-ca-file`.
+    Certificate,
+}
+
+impl AuthMethod {
+    /// For messages and the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scram => "SCRAM",
+            Self::Certificate => "certificate",
+        }
+    }
 }
 
 /// A client and where it connected from.
@@ -102,7 +123,7 @@ impl Identity {
         match &self.client {
             Client::Local { user: Some(u), .. } => Some(u.name.clone()),
             Client::Local { uid, .. } => Some(uid.to_string()),
-            Client::Authenticated { user } => Some(user.clone()),
+            Client::Authenticated { user, .. } => Some(user.clone()),
             _ => None,
         }
     }
@@ -117,8 +138,12 @@ impl Identity {
                 uid, user: None, ..
             } => format!("local uid {uid}"),
             Client::Remote => format!("remote client {}", self.addr),
-            Client::Authenticated { user } => {
-                format!("remote user \"{user}\" (SCRAM) from {}", self.addr)
+            Client::Authenticated { user, method } => {
+                format!(
+                    "remote user \"{user}\" ({}) from {}",
+                    method.as_str(),
+                    self.addr
+                )
             }
             Client::Unknown(_) => format!("client {} of unknown owner", self.addr),
         }

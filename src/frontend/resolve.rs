@@ -29,9 +29,15 @@ pub fn access(settings: &ProxySettings) -> Result<Access, String> {
         any_local: settings.allow_any_local_user,
         diag: Arc::new(SockDiag::new()),
         tls: match (&settings.client_tls_cert, &settings.client_tls_key) {
-            (Some(cert), Some(key)) => Some(super::tls::server_config(cert, key)?),
+            (Some(cert), Some(key)) => Some(super::tls::server_config(
+                cert,
+                key,
+                settings.client_ca_file.as_deref(),
+                settings.client_auth_file.is_some(),
+            )?),
             _ => None,
         },
+        client_certs: settings.client_ca_file.is_some(),
         auth_file: match &settings.client_auth_file {
             Some(path) => Some(Arc::new(AuthFile::load(path)?)),
             None => None,

@@ -11,9 +11,20 @@ use super::{or_cut, session};
 use crate::client::{self, Hello, StartupInfo};
 use crate::error::{sqlstate, ClientError};
 use crate::frontend::access::Refusal;
-use crate::frontend::peer::{Client, Identity};
+use crate::frontend::peer::{AuthMethod, Client, Identity};
 use crate::frontend::scram;
 use crate::target::TargetContext;
+
+/// How the client's connection is carried.
+pub(super) enum Transport {
+    /// In the clear.
+    Plain,
+    /// Over TLS, with the CN of the client's certificate if it showed one (verified).
+    Tls {
+        /// The certificate's subject CN.
+        cert_cn: Option<String>,
+    },
+}
 
 /// Reads the startup request within the handshake timeout; `None` when the client has
 /// been answered already (an error, a cut).
@@ -79,7 +90,7 @@ pub(super) async fn after_hello<S>(
     mut client: S,
     identity: Identity,
     hello: Hello,
-    secure: bool,
+    transport: Transport,
     cut: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -101,7 +112,7 @@ pub(super) async fn after_hello<S>(
             return refuse(ctx, &mut client, refusal, cancel).await;
         }
     };
-    let identity = match authenticate(ctx, &mut client, identity, &info, secure).await {
+    let identity = match authenticate(ctx, &mut client, identity, &info, transport).await {
         Ok(identity) => identity,
         Err(refusal) => return refuse(ctx, &mut client, refusal, false).await,
     };
@@ -130,28 +141,33 @@ async fn authenticate<S>(
     client: &mut S,
     identity: Identity,
     info: &StartupInfo,
-    secure: bool,
+    transport: Transport,
 ) -> Result<Identity, Refusal>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some(users) = ctx.access.auth_file.as_ref() else {
+    let access = &ctx.access;
+    let remote_auth = access.auth_file.is_some() || access.client_certs;
+    if !remote_auth || !matches!(identity.client, Client::Remote) {
         return Ok(identity);
+    }
+    let authenticated = |user: String, method| Identity {
+        client: Client::Authenticated { user, method },
+        addr: identity.addr.clone(),
     };
-    if !matches!(identity.client, Client::Remote) {
-        return Ok(identity);
+    let cert_cn = match transport {
+        Transport::Plain => return Err(Refusal::TlsRequired(Box::new(identity))),
+        Transport::Tls { cert_cn } => cert_cn,
+    };
+    if let Some(cn) = cert_cn {
+        return Ok(authenticated(cn, AuthMethod::Certificate));
     }
-    if !secure {
+    let Some(users) = access.auth_file.as_ref() else {
         return Err(Refusal::TlsRequired(Box::new(identity)));
-    }
+    };
     let exchange = scram::authenticate(client, &info.user, users.get(&info.user));
     match timeout(ctx.settings.handshake_timeout, exchange).await {
-        Ok(Ok(())) => Ok(Identity {
-            client: Client::Authenticated {
-                user: info.user.clone(),
-            },
-            addr: identity.addr,
-        }),
+        Ok(Ok(())) => Ok(authenticated(info.user.clone(), AuthMethod::Scram)),
         Ok(Err(e)) => Err(Refusal::Password(Box::new(identity), e)),
         Err(_) => {
             let e = ClientError::new(sqlstate::PROTOCOL_VIOLATION, "SCRAM: timed out");

@@ -6,6 +6,8 @@
 
 mod direct;
 mod front;
+
+use front::Transport;
 mod pooled;
 
 use bytes::BytesMut;
@@ -15,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{self, Tally, Traffic};
 use crate::client::{self, Hello, StartupInfo};
 use crate::frontend::peer::{Identity, PeerAddr};
+use crate::frontend::tls::common_name;
 use crate::relay;
 use crate::target::TargetContext;
 use crate::upstream::login::Failure;
@@ -32,15 +35,25 @@ where
         return;
     };
     if !matches!(hello, Hello::Tls) {
-        return front::after_hello(ctx, client, identity, hello, false, cut).await;
+        return front::after_hello(ctx, client, identity, hello, Transport::Plain, cut).await;
     }
     let Some(mut tls) = front::accept_tls(ctx, client, &cut).await else {
         return;
     };
+    let cert_cn = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(common_name);
     let Some(hello) = front::hello(ctx, &mut tls, &cut, false).await else {
         return;
     };
-    Box::pin(front::after_hello(ctx, tls, identity, hello, true, cut)).await
+    let transport = Transport::Tls { cert_cn };
+    Box::pin(front::after_hello(
+        ctx, tls, identity, hello, transport, cut,
+    ))
+    .await
 }
 
 /// Runs a stage before the relay unless the shutdown drain ends first (`None`).
