@@ -1,4 +1,5 @@
-//! The client side before the relay: answer SSLRequest/GSSENCRequest with 'N', read the
+//! The client side before the relay: answer SSLRequest with 'S' when the proxy offers TLS
+//! (the caller upgrades), else 'N', and GSSENCRequest with 'N'; read the
 //! StartupMessage or CancelRequest (length-capped; the caller applies the timeout), send
 //! NegotiateProtocolVersion where PostgreSQL would, and later greet the client with
 //! AuthenticationOk, the server's parameters, BackendKeyData (the server's pid, our secret)

@@ -6,8 +6,10 @@
 //! ```text
 //! accept (server)          listeners, connection limit, shutdown drain, per-connection span
 //!   -> identify (frontend) the client's OS user: SO_PEERCRED, or the kernel's socket table
-//!   -> handshake (client)  SSLRequest/GSSENCRequest answered 'N'; StartupMessage or CancelRequest
-//!   -> admit (frontend)    admitted uid? allowed database user? else 28000, before any login
+//!   -> handshake (client)  SSLRequest answered 'S' (TLS) with --client-tls-cert, else 'N';
+//!                          GSSENCRequest 'N'; StartupMessage or CancelRequest
+//!   -> admit (frontend)    admitted uid? remote: TLS + SCRAM or certificate; allowed database
+//!                          user? else 28000 / 28P01, before any login
 //!   -> connect (upstream)  resolve, TCP, SSLRequest -> exactly 'S' -> rustls verify-full
 //!   -> login (upstream)    StartupMessage as the IAM db user; password = token from the cache
 //!   -> greet (client)      AuthenticationOk, ParameterStatus, BackendKeyData (server pid, our
