@@ -117,9 +117,20 @@ fn psql_remote_with(
 
 /// tokio-postgres over TLS trusting the stand-in's CA: the error's SQLSTATE.
 async fn tokio_pg_tls(r: &Remote, user: &str, password: &str, db: &str) -> Result<(), String> {
+    tokio_pg_tls_to(r.addr, &r.ca, user, password, db).await
+}
+
+/// tokio-postgres over TLS to `addr`, trusting `ca`.
+async fn tokio_pg_tls_to(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    user: &str,
+    password: &str,
+    db: &str,
+) -> Result<(), String> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(&r.ca).expect("ca") {
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("ca") {
         roots.add(cert.expect("cert")).expect("add");
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -130,8 +141,8 @@ async fn tokio_pg_tls(r: &Remote, user: &str, password: &str, db: &str) -> Resul
         .with_no_client_auth();
     let conn = format!(
         "host=localhost hostaddr={} port={} user={user} password='{password}' dbname={db} sslmode=require connect_timeout=20",
-        r.addr.ip(),
-        r.addr.port()
+        addr.ip(),
+        addr.port()
     );
     let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
     match tokio_postgres::connect(&conn, tls).await {
@@ -184,83 +195,44 @@ async fn remote_clients_use_tls_and_scram() {
     client.simple_query("select 1").await.expect("query");
 }
 
-/// A CA and a client certificate (CN `cn`) signed by it, made with the openssl CLI.
-fn client_certificate(dir: &std::path::Path, cn: &str) -> (PathBuf, PathBuf, PathBuf) {
+/// A CA and a certificate (CN `cn`, extensions `ext`) signed by it, made with the openssl
+/// CLI in `dir`: (CA, certificate, key).
+fn issue(dir: &std::path::Path, cn: &str, ext: &str) -> (PathBuf, PathBuf, PathBuf) {
     let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl");
+        let out = Command::new("openssl").args(args).current_dir(dir).output();
+        let out = out.expect("openssl");
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    let ca = format!("req -x509 {ec} -keyout ca.key -out ca.crt -days 1 -subj");
+    run(&[ca.split(' ').collect::<Vec<_>>(), vec!["/CN=test CA"]].concat());
+    let req = format!("req {ec} -keyout leaf.key -out leaf.csr -subj");
     run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-subj",
-            "/CN=client CA",
-            "-days",
-            "1",
-        ],
-    ]
-    .concat());
-    let subj = format!("/CN={cn}");
-    run(&[
-        &["req"][..],
-        &ec,
-        &[
-            "-keyout",
-            "client.key",
-            "-out",
-            "client.csr",
-            "-subj",
-            &subj,
-        ],
+        req.split(' ').collect::<Vec<_>>(),
+        vec![&format!("/CN={cn}")],
     ]
     .concat());
     std::fs::write(
         dir.join("ext.cnf"),
-        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        format!("basicConstraints=CA:FALSE\n{ext}\n"),
     )
     .expect("ext");
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "client.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "client.crt",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-    ]);
+    let sign = "x509 -req -in leaf.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out leaf.crt -days 1 -extfile ext.cnf";
+    run(&sign.split(' ').collect::<Vec<_>>());
     (
         dir.join("ca.crt"),
-        dir.join("client.crt"),
-        dir.join("client.key"),
+        dir.join("leaf.crt"),
+        dir.join("leaf.key"),
     )
+}
+
+/// A CA and a client certificate with CN `cn`.
+fn client_certificate(dir: &std::path::Path, cn: &str) -> (PathBuf, PathBuf, PathBuf) {
+    issue(dir, cn, "extendedKeyUsage=clientAuth")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,4 +260,65 @@ async fn remote_clients_with_a_certificate_need_no_password() {
         !ok && text.contains("password authentication failed for user \"alice\""),
         "{text}"
     );
+}
+
+/// SIGHUP re-reads the certificate files: after the files change, clients see the new
+/// certificate (and a pair that does not load keeps the old one in service).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_client_certificate() {
+    let si = StandIn::shared();
+    let db = &si.info.database;
+    let dir = tempfile::tempdir().expect("dir");
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    let standin_certs = si.info.ca_file.parent().expect("dir");
+    std::fs::copy(standin_certs.join("server.crt"), &cert).expect("cert");
+    std::fs::copy(standin_certs.join("server.key"), &key).expect("key");
+    let auth = dir.path().join("users.txt");
+    std::fs::write(&auth, verifier_line("alice", PASSWORD)).expect("auth file");
+    let port = si.info.port.to_string();
+    let path = |p: &PathBuf| p.to_str().expect("path").to_owned();
+    let mut cmd = Command::new(support::running::BIN);
+    cmd.args([
+        "run",
+        "--listen",
+        "0.0.0.0:0",
+        "--host",
+        "localhost",
+        "--port",
+        &port,
+    ])
+    .args(["--ca-file", &path(&si.info.ca_file), "--log-format", "json"])
+    .args(["--db-user", &si.info.iam_user, "--allow-remote-clients"])
+    .args([
+        "--client-tls-cert",
+        &path(&cert),
+        "--client-tls-key",
+        &path(&key),
+    ])
+    .args(["--client-auth-file", &path(&auth)])
+    .envs(si.aws_env());
+    let mut proxy = support::running::Running::spawn(cmd);
+    let addr = SocketAddr::new(host_address(), proxy.addr().port());
+    tokio_pg_tls_to(addr, &si.info.ca_file, "alice", PASSWORD, db)
+        .await
+        .expect("the first certificate");
+
+    let fresh = tempfile::tempdir().expect("dir");
+    let (new_ca, new_cert, new_key) =
+        issue(fresh.path(), "localhost", "subjectAltName=DNS:localhost");
+    std::fs::write(&key, "not a key").expect("break the key");
+    proxy.signal(libc::SIGHUP);
+    proxy.wait_for("kept the previous client TLS certificate");
+    tokio_pg_tls_to(addr, &si.info.ca_file, "alice", PASSWORD, db)
+        .await
+        .expect("still the first certificate");
+    std::fs::copy(&new_cert, &cert).expect("cert");
+    std::fs::copy(&new_key, &key).expect("key");
+    proxy.signal(libc::SIGHUP);
+    proxy.wait_for("client TLS certificate reloaded");
+    tokio_pg_tls_to(addr, &new_ca, "alice", PASSWORD, db)
+        .await
+        .expect("the new certificate");
+    let old = tokio_pg_tls_to(addr, &si.info.ca_file, "alice", PASSWORD, db).await;
+    assert!(old.is_err(), "the old CA no longer verifies the proxy");
 }

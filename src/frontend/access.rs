@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::auth_file::AuthFile;
 use super::peer::{Client, Identity, Unknown};
 use super::sock_diag::SockDiag;
+use super::tls::CertStore;
 use super::user_map::UserMap;
 use crate::error::{sqlstate, ClientError};
 
@@ -28,6 +29,8 @@ pub struct Access {
     pub diag: Arc<SockDiag>,
     /// TLS toward clients (`--client-tls-cert`), if configured.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Its certificate and key (reloaded on SIGHUP).
+    pub certs: Option<Arc<CertStore>>,
     /// Remote clients' SCRAM verifiers (`--client-auth-file`), if configured.
     pub auth_file: Option<Arc<AuthFile>>,
     /// Remote clients may authenticate with certificates (`--client-ca-file`).

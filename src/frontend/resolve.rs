@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::access::{Access, DbUserRule};
 use super::auth_file::AuthFile;
 use super::sock_diag::SockDiag;
+use super::tls::CertStore;
 use super::user_map::UserMap;
 use super::users;
 use crate::config::{ProxySettings, Target};
@@ -22,21 +23,25 @@ pub fn access(settings: &ProxySettings) -> Result<Access, String> {
         .iter()
         .map(|s| gid(s, "--allow-gid"))
         .collect::<Result<Vec<_>, _>>()?;
+    let certs = match (&settings.client_tls_cert, &settings.client_tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(CertStore::load(cert, key)?)),
+        _ => None,
+    };
     Ok(Access {
         own_uid: users::own_uid(),
         uids,
         gids,
         any_local: settings.allow_any_local_user,
         diag: Arc::new(SockDiag::new()),
-        tls: match (&settings.client_tls_cert, &settings.client_tls_key) {
-            (Some(cert), Some(key)) => Some(super::tls::server_config(
-                cert,
-                key,
+        tls: match &certs {
+            Some(store) => Some(super::tls::server_config(
+                store.clone(),
                 settings.client_ca_file.as_deref(),
                 settings.client_auth_file.is_some(),
             )?),
-            _ => None,
+            None => None,
         },
+        certs,
         client_certs: settings.client_ca_file.is_some(),
         auth_file: match &settings.client_auth_file {
             Some(path) => Some(Arc::new(AuthFile::load(path)?)),

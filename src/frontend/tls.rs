@@ -3,13 +3,16 @@
 //! A client's SSLRequest is answered `S` only when this is configured. With
 //! `--client-ca-file`, clients may present a certificate chaining to those CAs (required
 //! unless SCRAM is configured too); its subject's CN ([`common_name`]) is their identity.
+//! The certificate and key are re-read on SIGHUP ([`CertStore::reload`]); a pair that does
+//! not load keeps the previous one in service.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use x509_cert::der::asn1::{Ia5StringRef, PrintableStringRef, Utf8StringRef};
 use x509_cert::der::Decode;
@@ -30,17 +33,59 @@ fn certs(path: &Path, flag: &str) -> Result<Vec<CertificateDer<'static>>, String
     Ok(certs)
 }
 
-/// Builds the server configuration; `ca` asks clients for certificates (required unless
-/// `optional`). The error says which file and why.
+/// The certificate and key shown to clients, replaceable while the proxy runs.
+#[derive(Debug)]
+pub struct CertStore {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+fn certified(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let chain = certs(cert, "--client-tls-cert")?;
+    let der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read --client-tls-key {}: {e}", key.display()))?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    CertifiedKey::from_der(chain, der, &provider)
+        .map(Arc::new)
+        .map_err(|e| format!("client TLS certificate and key: {e}"))
+}
+
+impl CertStore {
+    /// Loads the pair.
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, String> {
+        Ok(Self {
+            current: RwLock::new(certified(cert, key)?),
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+
+    /// Re-reads the files; on failure the previous pair stays in service.
+    pub fn reload(&self) -> Result<(), String> {
+        let fresh = certified(&self.cert, &self.key)?;
+        let mut slot = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *slot = fresh;
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|c| Arc::clone(&c))
+    }
+}
+
+/// Builds the server configuration around `store`; `ca` asks clients for certificates
+/// (required unless `optional`). The error says which file and why.
 pub fn server_config(
-    cert: &Path,
-    key: &Path,
+    store: Arc<CertStore>,
     ca: Option<&Path>,
     optional: bool,
 ) -> Result<Arc<ServerConfig>, String> {
-    let chain = certs(cert, "--client-tls-cert")?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("cannot read --client-tls-key {}: {e}", key.display()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -65,10 +110,7 @@ pub fn server_config(
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let config = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("client TLS certificate and key: {e}"))?;
-    Ok(Arc::new(config))
+    Ok(Arc::new(builder.with_cert_resolver(store)))
 }
 
 /// The CN of a certificate's subject (the last one, if several), as text.
