@@ -215,7 +215,7 @@ pub async fn run(config: Config) -> Result<RunReport, StartError> {
     let shutdown = Shutdown::default();
     tokio::spawn(signal_shutdown(shutdown.clone()));
     if let Some(certs) = prepared.access.certs.clone() {
-        tokio::spawn(reload_on_hangup(certs));
+        tokio::spawn(crate::frontend::tls::reload_on_hangup(certs));
     }
     let report = serve_until(prepared, &config.proxy, shutdown).await?;
     tracing::info!(cut_sessions = report.cut_sessions, "stopped");
@@ -312,24 +312,6 @@ async fn begin_shutdown(
     }
     tracing::info!("shutting down: no longer accepting");
     stop_accepting.cancel();
-}
-
-/// SIGHUP re-reads the client TLS certificate and key; a pair that does not load keeps the
-/// previous one in service.
-async fn reload_on_hangup(certs: Arc<crate::frontend::tls::CertStore>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        match certs.reload() {
-            Ok(()) => tracing::info!("SIGHUP: client TLS certificate reloaded"),
-            Err(e) => {
-                tracing::warn!(error = %e, "SIGHUP: kept the previous client TLS certificate")
-            }
-        }
-    }
 }
 
 /// The first SIGTERM/SIGINT starts the graceful shutdown (unless `/quitquitquit` already

@@ -79,6 +79,24 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
+/// SIGHUP re-reads the client TLS certificate and key; a pair that does not load keeps the
+/// previous one in service.
+pub async fn reload_on_hangup(certs: Arc<CertStore>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match certs.reload() {
+            Ok(()) => tracing::info!("SIGHUP: client TLS certificate reloaded"),
+            Err(e) => {
+                tracing::warn!(error = %e, "SIGHUP: kept the previous client TLS certificate")
+            }
+        }
+    }
+}
+
 /// Builds the server configuration around `store`; `ca` asks clients for certificates
 /// (required unless `optional`). The error says which file and why.
 pub fn server_config(
