@@ -92,7 +92,7 @@ async fn quit_denied(
     let id = peer::identify(
         PeerAddr::Tcp { peer, local },
         false,
-        state.access.diag.clone(),
+        state.access.lookups.clone(),
     )
     .await;
     match id.client {

@@ -8,8 +8,7 @@
 use std::sync::Arc;
 
 use super::auth_file::AuthFile;
-use super::peer::{Client, Identity, Unknown};
-use super::sock_diag::SockDiag;
+use super::peer::{Client, Identity, Lookups, Unknown};
 use super::tls::CertStore;
 use super::user_map::UserMap;
 use crate::error::{sqlstate, ClientError};
@@ -25,8 +24,8 @@ pub struct Access {
     pub gids: Vec<u32>,
     /// `--allow-any-local-user`: no check.
     pub any_local: bool,
-    /// The kernel's socket table, asked who owns a loopback client's socket.
-    pub diag: Arc<SockDiag>,
+    /// The kernel's socket table and the user database, asked who a client is.
+    pub lookups: Arc<Lookups>,
     /// TLS toward clients (`--client-tls-cert`), if configured.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Its certificate and key (reloaded on SIGHUP).
@@ -195,7 +194,7 @@ impl Access {
 
     /// Identifies the client at `addr` (with its groups when the rule needs them).
     pub async fn identify(&self, addr: super::peer::PeerAddr) -> Identity {
-        super::peer::identify(addr, self.needs_groups(), self.diag.clone()).await
+        super::peer::identify(addr, self.needs_groups(), self.lookups.clone()).await
     }
 
     /// Whether the admission rule needs a client's groups.

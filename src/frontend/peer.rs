@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::proc_net;
 use super::sock_diag::{Found, SockDiag};
-use super::users::{self, UserEntry};
+use super::users::{self, NameCache, UserEntry};
 
 /// The longest identifying a client may take.
 pub const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -150,9 +150,28 @@ impl Identity {
     }
 }
 
-/// Identifies the client at `addr` with `diag`, with its groups if `groups` (blocking: run
-/// it on a blocking thread).
-pub fn identify_blocking(addr: PeerAddr, groups: bool, diag: &SockDiag) -> Client {
+/// What identifying a client asks: the kernel's socket table and the user database.
+#[derive(Debug, Default)]
+pub struct Lookups {
+    /// The sock_diag socket.
+    pub diag: SockDiag,
+    /// User entries seen recently.
+    pub names: NameCache,
+}
+
+impl Lookups {
+    /// Opens the sock_diag socket now.
+    pub fn new() -> Self {
+        Self {
+            diag: SockDiag::new(),
+            names: NameCache::default(),
+        }
+    }
+}
+
+/// Identifies the client at `addr` with `lookups`, with its groups if `groups` (blocking:
+/// run it on a blocking thread).
+pub fn identify_blocking(addr: PeerAddr, groups: bool, lookups: &Lookups) -> Client {
     let (uid, cred_gid) = match addr {
         PeerAddr::Unix(Some((uid, gid))) => (uid, Some(gid)),
         PeerAddr::Unix(None) => return Client::Unknown(Unknown::LookupFailed),
@@ -161,13 +180,13 @@ pub fn identify_blocking(addr: PeerAddr, groups: bool, diag: &SockDiag) -> Clien
             if !peer.ip().is_loopback() {
                 return Client::Remote;
             }
-            match tcp_owner(diag, peer, local) {
+            match tcp_owner(&lookups.diag, peer, local) {
                 Ok(uid) => (uid, None),
                 Err(why) => return Client::Unknown(why),
             }
         }
     };
-    let user = users::user_by_uid(uid);
+    let user = lookups.names.user(uid);
     let mut all = Vec::new();
     if groups {
         all.extend(cred_gid);
@@ -204,10 +223,10 @@ fn tcp_owner(diag: &SockDiag, peer: SocketAddr, local: SocketAddr) -> Result<u32
     }
 }
 
-/// Identifies the client at `addr` with `diag` within [`IDENTIFY_TIMEOUT`], with its
+/// Identifies the client at `addr` with `lookups` within [`IDENTIFY_TIMEOUT`], with its
 /// groups if `groups`.
-pub async fn identify(addr: PeerAddr, groups: bool, diag: Arc<SockDiag>) -> Identity {
-    let lookup = tokio::task::spawn_blocking(move || identify_blocking(addr, groups, &diag));
+pub async fn identify(addr: PeerAddr, groups: bool, lookups: Arc<Lookups>) -> Identity {
+    let lookup = tokio::task::spawn_blocking(move || identify_blocking(addr, groups, &lookups));
     let client = match tokio::time::timeout(IDENTIFY_TIMEOUT, lookup).await {
         Ok(Ok(client)) => client,
         Ok(Err(_)) => Client::Unknown(Unknown::LookupFailed),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::access::{Access, DbUserRule};
 use super::auth_file::AuthFile;
-use super::sock_diag::SockDiag;
+use super::peer::Lookups;
 use super::tls::CertStore;
 use super::user_map::UserMap;
 use super::users;
@@ -32,7 +32,7 @@ pub fn access(settings: &ProxySettings) -> Result<Access, String> {
         uids,
         gids,
         any_local: settings.allow_any_local_user,
-        diag: Arc::new(SockDiag::new()),
+        lookups: Arc::new(Lookups::new()),
         tls: match &certs {
             Some(store) => Some(super::tls::server_config(
                 store.clone(),

@@ -2,7 +2,9 @@
 //! libc's reentrant calls: names for uids, uids and gids for names, and a user's groups.
 //! These calls may block (a directory service); callers run them off the async threads.
 
+use std::collections::HashMap;
 use std::ffi::{CStr, CString};
+use std::time::Instant;
 
 /// Buffer for one passwd/group entry; grown on ERANGE up to [`MAX_BUF`].
 const START_BUF: usize = 1024;
@@ -141,6 +143,42 @@ pub fn resolve_gid(spec: &str) -> Option<u32> {
     spec.parse().ok().or_else(|| group_by_name(spec))
 }
 
+/// How long a uid's user entry is reused.
+const NAME_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// At most this many uids are remembered (then the cache starts over).
+const MAX_NAMES: usize = 4096;
+
+/// User entries by uid, reused for [`NAME_TTL`]: once a user was seen, identifying its
+/// connections reads no user database and opens no file (which matters at the descriptor
+/// limit, and costs a few microseconds otherwise).
+#[derive(Debug, Default)]
+pub struct NameCache {
+    entries: std::sync::Mutex<HashMap<u32, (Instant, Option<UserEntry>)>>,
+}
+
+impl NameCache {
+    /// The entry of `uid` (blocking on a miss: run it on a blocking thread).
+    pub fn user(&self, uid: u32) -> Option<UserEntry> {
+        let lock = || {
+            self.entries
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some((at, entry)) = lock().get(&uid) {
+            if at.elapsed() < NAME_TTL {
+                return entry.clone();
+            }
+        }
+        let entry = user_by_uid(uid);
+        let mut entries = lock();
+        if entries.len() >= MAX_NAMES {
+            entries.clear();
+        }
+        entries.insert(uid, (Instant::now(), entry.clone()));
+        entry
+    }
+}
+
 /// The effective uid of this process.
 pub fn own_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -159,6 +197,14 @@ mod tests {
         assert_eq!(resolve_uid("0"), Some(0));
         assert_eq!(resolve_gid("0"), Some(0));
         assert!(groups_of(&root).contains(&0));
+    }
+
+    #[test]
+    fn the_name_cache_answers_as_the_database_does() {
+        let cache = NameCache::default();
+        assert_eq!(cache.user(0), user_by_uid(0));
+        assert_eq!(cache.user(0).map(|u| u.name), Some("root".to_owned()));
+        assert_eq!(cache.user(4_000_000_000), None);
     }
 
     #[test]
