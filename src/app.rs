@@ -7,12 +7,14 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::cancel::{CancelLimits, CancelMap};
 use crate::config::{Config, ProxySettings, Target};
+use crate::frontend::access::Access;
+use crate::frontend::{resolve, unix_socket};
 use crate::gate::LoginGate;
 use crate::health::Health;
 use crate::http::{self, HttpState};
@@ -43,6 +45,8 @@ pub struct Prepared {
     pub cache: TokenCache,
     /// Process metrics.
     pub metrics: Arc<Metrics>,
+    /// Who may connect (the HTTP endpoint asks it too).
+    pub access: Arc<Access>,
 }
 
 /// Builds everything the server needs with the environment's AWS configuration.
@@ -61,6 +65,8 @@ pub struct Contexts {
     pub cache: TokenCache,
     /// Process metrics.
     pub metrics: Arc<Metrics>,
+    /// Who may connect (the HTTP endpoint asks it too).
+    pub access: Arc<Access>,
 }
 
 /// Builds credential sources, the token cache, TLS configurations and target contexts.
@@ -90,8 +96,10 @@ pub async fn contexts(
         ..CancelLimits::default()
     }));
     let metrics = Arc::new(Metrics::default());
+    let access = Arc::new(resolve::access(&config.proxy).map_err(StartError)?);
     let mut targets = Vec::new();
     for target in &config.targets {
+        let db_users = resolve::db_user_rule(target).map_err(StartError)?;
         let region = resolve_region(
             target.region.as_deref(),
             sdk.region().map(|r| r.as_ref()),
@@ -119,6 +127,8 @@ pub async fn contexts(
             endpoint: Arc::new(endpoint),
             region,
             db_user: target.db_user.clone(),
+            access: access.clone(),
+            db_users,
             role: target.role.clone(),
             cache: cache.clone(),
             cancels: cancels.clone(),
@@ -140,6 +150,7 @@ pub async fn contexts(
         targets,
         cache,
         metrics,
+        access,
     })
 }
 
@@ -161,6 +172,7 @@ pub async fn prepare_with(
         listeners,
         cache: built.cache,
         metrics: built.metrics,
+        access: built.access,
     })
 }
 
@@ -171,8 +183,8 @@ async fn bind(target: &Target) -> Result<Vec<Listener>, StartError> {
     let local = tcp.local_addr().unwrap_or(target.listen);
     if !local.ip().to_canonical().is_loopback() {
         tracing::warn!(target = %target.name, listen = %local,
-            "listening beyond loopback (--allow-remote-clients): whoever reaches this address uses \
-             the database as its IAM user with no password");
+            "listening beyond loopback (--allow-remote-clients): remote clients need TLS and a \
+             SCRAM password from --client-auth-file");
     }
     tracing::info!(target = %target.name, listen = %local,
         upstream = %format!("{}:{}", target.host, target.port), "listening");
@@ -180,9 +192,14 @@ async fn bind(target: &Target) -> Result<Vec<Listener>, StartError> {
     if let Some(dir) = &target.unix_socket {
         let path = dir.join(format!(".s.PGSQL.{}", local.port()));
         remove_stale_socket(&path)?;
-        let unix = UnixListener::bind(&path)
+        let gid = match &target.unix_socket_group {
+            Some(g) => Some(resolve::gid(g, "--unix-socket-group").map_err(StartError)?),
+            None => None,
+        };
+        let unix = unix_socket::bind(&path, target.unix_socket_mode, gid)
             .map_err(|e| StartError(format!("cannot listen on {}: {e}", path.display())))?;
-        tracing::info!(target = %target.name, socket = %path.display(), "listening");
+        tracing::info!(target = %target.name, socket = %path.display(),
+            mode = %format!("{:04o}", target.unix_socket_mode), "listening");
         listeners.push(Listener::Unix(unix, path));
     }
     Ok(listeners)
@@ -209,6 +226,9 @@ pub async fn run(config: Config) -> Result<RunReport, StartError> {
     let prepared = prepare(&config).await?;
     let shutdown = Shutdown::default();
     tokio::spawn(signal_shutdown(shutdown.clone()));
+    if let Some(certs) = prepared.access.certs.clone() {
+        tokio::spawn(crate::frontend::tls::reload_on_hangup(certs));
+    }
     let report = serve_until(prepared, &config.proxy, shutdown).await?;
     tracing::info!(cut_sessions = report.cut_sessions, "stopped");
     Ok(report)
@@ -262,6 +282,7 @@ pub async fn serve_until(
             health: health.clone(),
             registry: prepared.metrics.registry(prepared.cache.clone()),
             quit: settings.quitquitquit.then(|| shutdown.graceful.clone()),
+            access: prepared.access.clone(),
         });
         tokio::spawn(http::serve(listener, state, stop_http.clone()));
     }

@@ -68,6 +68,20 @@ pub enum Command {
     Setup(SetupCommand),
     /// Show the AWS identity (account, ARN) whose credentials the proxy would use.
     Whoami(WhoamiArgs),
+    /// Print a `--client-auth-file` line (`"user" "SCRAM-SHA-256$..."`) for a password read
+    /// from the terminal, never from the command line.
+    ScramVerifier(ScramVerifierArgs),
+}
+
+/// `scram-verifier` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct ScramVerifierArgs {
+    /// The remote client's user name.
+    pub user: String,
+    /// Read the password from the first line of standard input instead of the terminal
+    /// (for scripts).
+    #[arg(long)]
+    pub password_stdin: bool,
 }
 
 /// `setup` subcommands.

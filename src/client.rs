@@ -1,8 +1,10 @@
-//! The client side before the relay: answer SSLRequest/GSSENCRequest with 'N', read the
+//! The client side before the relay: answer SSLRequest with 'S' when the proxy offers TLS
+//! (the caller upgrades), else 'N', and GSSENCRequest with 'N'; read the
 //! StartupMessage or CancelRequest (length-capped; the caller applies the timeout), send
 //! NegotiateProtocolVersion where PostgreSQL would, and later greet the client with
 //! AuthenticationOk, the server's parameters, BackendKeyData (the server's pid, our secret)
-//! and ReadyForQuery. Local clients are trusted: no password is requested.
+//! and ReadyForQuery. No password is requested: who may connect is decided by
+//! [`crate::frontend`] from the client's OS user.
 
 use bytes::{Buf, BytesMut};
 use pgwire::messages::cancel::CancelRequest;
@@ -38,6 +40,9 @@ pub enum Hello {
     Startup(StartupInfo),
     /// Cancel a query running in another session.
     Cancel(CancelRequest),
+    /// TLS, which the proxy offers and has accepted with `S`: the caller performs the TLS
+    /// handshake and reads the startup request again over it.
+    Tls,
 }
 
 fn malformed(e: FrameError) -> ClientError {
@@ -47,9 +52,12 @@ fn malformed(e: FrameError) -> ClientError {
     )
 }
 
-/// Reads the client's startup request, declining TLS and GSS encryption.
+/// Reads the client's startup request, declining GSS encryption, and TLS unless
+/// `offer_tls` (then an SSLRequest is answered `S` and ends the handshake with
+/// [`Hello::Tls`]).
 pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
+    offer_tls: bool,
 ) -> Result<Hello, ClientError> {
     let (mut ssl_declined, mut gss_declined) = (false, false);
     loop {
@@ -58,6 +66,12 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             .map_err(malformed)?;
         let code = (&packet[4..8]).get_u32();
         match code {
+            SSL_REQUEST if packet.len() == 8 && offer_tls && !ssl_declined => {
+                wire::send(stream, b"S")
+                    .await
+                    .map_err(|e| malformed(e.into()))?;
+                return Ok(Hello::Tls);
+            }
             SSL_REQUEST | GSSENC_REQUEST if packet.len() == 8 => {
                 let seen = if code == SSL_REQUEST {
                     &mut ssl_declined
@@ -224,7 +238,7 @@ mod tests {
         tokio::io::AsyncWriteExt::write_all(&mut b, &packet)
             .await
             .expect("write");
-        handshake(&mut a).await
+        handshake(&mut a, false).await
     }
 
     #[tokio::test]

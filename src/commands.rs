@@ -144,3 +144,28 @@ pub async fn whoami(args: WhoamiArgs) -> Result<ExitCode, Box<dyn std::error::Er
     println!("user id: {}", who.user_id);
     Ok(ExitCode::SUCCESS)
 }
+
+/// `scram-verifier`: the auth file line for a password typed twice (or read from stdin).
+pub fn scram_verifier(
+    args: crate::cli::ScramVerifierArgs,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let password = if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    } else {
+        let first = rpassword::prompt_password(format!("Password for {}: ", args.user))?;
+        let again = rpassword::prompt_password("Again: ")?;
+        if first != again {
+            return Err("the passwords differ".into());
+        }
+        first
+    };
+    if password.is_empty() {
+        return Err("empty password".into());
+    }
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    let quoted = args.user.replace('"', "\"\"");
+    println!("\"{quoted}\" \"{verifier}\"");
+    Ok(ExitCode::SUCCESS)
+}

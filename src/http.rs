@@ -1,5 +1,7 @@
 //! The operator endpoint (`--http-addr`): `/startup`, `/liveness`, `/readiness`, `/metrics`
-//! (Prometheus text) and, when enabled, `POST /quitquitquit` to start a graceful shutdown.
+//! (Prometheus text) and, when enabled, `POST /quitquitquit` to start a graceful shutdown
+//! (obeyed from the proxy's own OS user or root only; the peer is identified as Postgres
+//! clients are).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,6 +15,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::frontend::access::Access;
+use crate::frontend::peer::{self, Client, PeerAddr};
 use crate::health::Health;
 
 /// What the endpoint serves.
@@ -24,6 +28,8 @@ pub struct HttpState {
     pub registry: Registry,
     /// Set when `/quitquitquit` is enabled: the shutdown it triggers.
     pub quit: Option<CancellationToken>,
+    /// Who may connect; its own uid (and root) is whom `/quitquitquit` obeys.
+    pub access: Arc<Access>,
 }
 
 fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -76,24 +82,65 @@ fn route(state: &HttpState, method: &Method, path: &str) -> Response<Full<Bytes>
     }
 }
 
+/// `/quitquitquit` obeys only the proxy's own user and root, identified as a Postgres
+/// client is (the kernel's socket table); anyone else, and any remote peer, gets 403.
+async fn quit_denied(
+    state: &HttpState,
+    peer: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+) -> Option<Response<Full<Bytes>>> {
+    let id = peer::identify(
+        PeerAddr::Tcp { peer, local },
+        false,
+        state.access.lookups.clone(),
+    )
+    .await;
+    match id.client {
+        Client::Local { uid, .. } if state.access.privileged(uid) => None,
+        _ => {
+            tracing::warn!(client = %id.describe(), "/quitquitquit refused");
+            Some(reply(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "/quitquitquit is for the proxy's own user (uid {}) and root; {} is neither\n",
+                    state.access.own_uid,
+                    id.describe()
+                ),
+            ))
+        }
+    }
+}
+
 /// Serves the endpoint until `stop` fires.
 pub async fn serve(listener: TcpListener, state: Arc<HttpState>, stop: CancellationToken) {
     loop {
         let stream = tokio::select! {
             () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, peer)) => (stream, peer),
                 Err(e) => {
                     tracing::warn!(error = %e, "http accept failed");
                     continue;
                 }
             },
         };
+        let (stream, peer) = stream;
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let response = route(&state, req.method(), req.uri().path());
-                async move { Ok::<_, Infallible>(response) }
+                let state = state.clone();
+                async move {
+                    let (method, path) = (req.method(), req.uri().path());
+                    if path == "/quitquitquit" && method == Method::POST && state.quit.is_some() {
+                        if let Some(denied) = quit_denied(&state, peer, local).await {
+                            return Ok::<_, Infallible>(denied);
+                        }
+                    }
+                    Ok(route(&state, method, path))
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);

@@ -5,7 +5,11 @@
 //!
 //! ```text
 //! accept (server)          listeners, connection limit, shutdown drain, per-connection span
-//!   -> handshake (client)  SSLRequest/GSSENCRequest answered 'N'; StartupMessage or CancelRequest
+//!   -> identify (frontend) the client's OS user: SO_PEERCRED, or the kernel's socket table
+//!   -> handshake (client)  SSLRequest answered 'S' (TLS) with --client-tls-cert, else 'N';
+//!                          GSSENCRequest 'N'; StartupMessage or CancelRequest
+//!   -> admit (frontend)    admitted uid? remote: TLS + SCRAM or certificate; allowed database
+//!                          user? else 28000 / 28P01, before any login
 //!   -> connect (upstream)  resolve, TCP, SSLRequest -> exactly 'S' -> rustls verify-full
 //!   -> login (upstream)    StartupMessage as the IAM db user; password = token from the cache
 //!   -> greet (client)      AuthenticationOk, ParameterStatus, BackendKeyData (server pid, our
@@ -20,9 +24,11 @@
 //! else), [`client`], [`startup`], [`upstream`] (connect, TLS, auth, and [`upstream::login`]:
 //! a server connection for no client in particular; [`upstream::topology`]: where an Aurora
 //! cluster endpoint's new connections go), [`gate`] (the login queue), [`relay`],
-//! [`cancel`], [`wire`], [`error`], [`fds`], [`iam`], [`logging`].
+//! [`cancel`], [`wire`], [`error`], [`fds`], [`iam`], [`logging`], [`frontend`] (who may
+//! connect, as which database user), [`audit`] (a line per session start and end).
 
 pub mod app;
+pub mod audit;
 pub mod cancel;
 pub mod check;
 pub mod cli;
@@ -31,6 +37,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod fds;
+pub mod frontend;
 pub mod gate;
 pub mod health;
 pub mod http;

@@ -42,6 +42,7 @@ fn main() -> ExitCode {
             Some(Command::Setup(SetupCommand::DbUser(args))) => commands::setup_db_user(args).await,
             Some(Command::Setup(SetupCommand::Iam(args))) => commands::setup_iam(args).await,
             Some(Command::Whoami(args)) => commands::whoami(args).await,
+            Some(Command::ScramVerifier(args)) => commands::scram_verifier(args),
             Some(Command::Wait(args)) => {
                 Ok(pg_iam_proxy::wait::wait(args.http_addr, args.max).await)
             }

@@ -93,6 +93,9 @@ pub struct Metrics {
     pub connect_seconds: Family<TargetLabel, Histogram, fn() -> Histogram>,
     /// Login failures by reason.
     pub login_failures: Family<FailureLabels, Counter>,
+    /// Clients refused before any login: not admitted (`uid`), owner unknown
+    /// (`unknown_owner`), database user not allowed (`db_user`).
+    pub client_refusals: Family<FailureLabels, Counter>,
     /// Bytes relayed, counted when a session ends.
     pub bytes: Family<BytesLabels, Counter>,
     /// Clients waiting for an upstream login slot.
@@ -117,6 +120,7 @@ impl Default for Metrics {
             refused_at_limit: Counter::default(),
             connect_seconds: Family::new_with_constructor(connect_histogram),
             login_failures: Family::default(),
+            client_refusals: Family::default(),
             bytes: Family::default(),
             logins_waiting: Family::default(),
             logins_active: Family::default(),
@@ -156,6 +160,17 @@ impl TargetMetrics {
     /// Counts a login failure of this target.
     pub fn login_failed(&self, reason: &str) {
         self.all.login_failed(&self.target, reason);
+    }
+
+    /// Counts a client refused by the access rules of this target.
+    pub fn client_refused(&self, reason: &str) {
+        self.all
+            .client_refusals
+            .get_or_create(&FailureLabels {
+                target: self.target.clone(),
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a cancel request's outcome for this target.
@@ -251,6 +266,11 @@ impl Metrics {
             "login_failures",
             "Failed upstream logins by reason",
             self.login_failures.clone(),
+        );
+        r.register(
+            "client_refusals",
+            "Clients refused before any login, by reason (uid, unknown_owner, db_user)",
+            self.client_refusals.clone(),
         );
         r.register(
             "relayed_bytes",

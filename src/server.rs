@@ -19,6 +19,7 @@ use tracing::Instrument;
 use crate::client;
 use crate::error::{sqlstate, ClientError};
 use crate::fds::{self, Spare};
+use crate::frontend::peer::PeerAddr;
 use crate::metrics::FdUse;
 use crate::session;
 use crate::target::TargetContext;
@@ -158,9 +159,15 @@ impl Acceptor {
         match accepted {
             Accepted::Tcp(stream, peer) => {
                 let _ = tune_socket(&stream, self.ctx.settings.tcp_keepalive);
-                self.spawn(stream, &peer);
+                // A socket without a local address is already broken: drop it.
+                if let Ok(local) = stream.local_addr() {
+                    self.spawn(stream, PeerAddr::Tcp { peer, local });
+                }
             }
-            Accepted::Unix(stream) => self.spawn(stream, &"unix-socket"),
+            Accepted::Unix(stream) => {
+                let cred = stream.peer_cred().ok().map(|c| (c.uid(), c.gid()));
+                self.spawn(stream, PeerAddr::Unix(cred));
+            }
         }
     }
 
@@ -201,7 +208,9 @@ impl Acceptor {
         let spare = self.spare.clone();
         self.tracker.spawn(
             async move {
-                let _ = tokio::time::timeout(SPARE_HANDSHAKE, client::handshake(&mut stream)).await;
+                let _ =
+                    tokio::time::timeout(SPARE_HANDSHAKE, client::handshake(&mut stream, false))
+                        .await;
                 client::reject(&mut stream, &fds::exhausted_error()).await;
                 drop(stream);
                 spare.restore();
@@ -210,11 +219,11 @@ impl Acceptor {
         );
     }
 
-    fn spawn<S>(&self, mut stream: S, peer: &dyn std::fmt::Display)
+    fn spawn<S>(&self, mut stream: S, peer: PeerAddr)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let span = conn_span(&self.ctx, peer);
+        let span = conn_span(&self.ctx, &peer);
         let permit = match &self.limit {
             None => None,
             Some(limit) => match limit.clone().try_acquire_owned() {
@@ -242,7 +251,7 @@ impl Acceptor {
         ctx.metrics.open.inc();
         self.tracker.spawn(
             async move {
-                session::serve(&ctx, stream, cut).await;
+                session::serve(&ctx, stream, peer, cut).await;
                 ctx.metrics.open.dec();
                 drop(permit);
             }

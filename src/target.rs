@@ -8,6 +8,7 @@ use std::sync::{Arc, Weak};
 
 use crate::cancel::CancelMap;
 use crate::config::{PoolConfig, PoolMode, ProxySettings};
+use crate::frontend::access::{Access, DbUserRule};
 use crate::gate::LoginGate;
 use crate::iam::{RoleSpec, TokenCache};
 use crate::metrics::TargetMetrics;
@@ -27,6 +28,10 @@ pub struct TargetContext {
     pub region: String,
     /// Fixed upstream user, if any.
     pub db_user: Option<String>,
+    /// Who may connect (process-wide).
+    pub access: Arc<Access>,
+    /// Which database users they may become.
+    pub db_users: DbUserRule,
     /// Role to assume, if any.
     pub role: Option<RoleSpec>,
     /// Shared token cache.

@@ -254,7 +254,7 @@ async fn sessions_still_open_after_the_drain_are_cut_with_exit_code_1() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_network_listener_needs_allow_remote_clients() {
+async fn a_network_listener_needs_allow_remote_clients_tls_and_client_auth() {
     let si = StandIn::shared();
     let (status, lines) = Running::start_on(si, "0.0.0.0:0", &[]).rest();
     assert_eq!(status.code(), Some(2), "a configuration error: {lines:#?}");
@@ -263,8 +263,35 @@ async fn a_network_listener_needs_allow_remote_clients() {
         logs.contains("--allow-remote-clients") && !logs.contains("\"listening\""),
         "{logs}"
     );
+    let consent = ["--allow-remote-clients"];
+    let (status, lines) = Running::start_on(si, "0.0.0.0:0", &consent).rest();
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "TLS and client auth missing: {lines:#?}"
+    );
+    let logs = lines.join("\n");
+    assert!(
+        logs.contains("--client-tls-cert") && logs.contains("--client-auth-file"),
+        "{logs}"
+    );
 
-    let mut proxy = Running::start_on(si, "0.0.0.0:0", &["--allow-remote-clients"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let auth = dir.path().join("users.txt");
+    let verifier = postgres_protocol::password::scram_sha_256(b"pw");
+    std::fs::write(&auth, format!("\"alice\" \"{verifier}\"\n")).expect("auth file");
+    let certs = si.info.ca_file.parent().expect("dir");
+    let (cert, key) = (certs.join("server.crt"), certs.join("server.key"));
+    let flags = [
+        "--allow-remote-clients",
+        "--client-tls-cert",
+        cert.to_str().expect("path"),
+        "--client-tls-key",
+        key.to_str().expect("path"),
+        "--client-auth-file",
+        auth.to_str().expect("path"),
+    ];
+    let mut proxy = Running::start_on(si, "0.0.0.0:0", &flags);
     proxy.wait_for("listening beyond loopback");
     let port = proxy.addr().port();
     let (client, _conn) = pg(

@@ -39,6 +39,13 @@ pub struct TargetArgs {
     /// Also listen on DIR/.s.PGSQL.<listen port>, so `psql -h DIR` works.
     #[arg(long, env = "PG_IAM_PROXY_UNIX_SOCKET", value_name = "DIR")]
     pub unix_socket: Option<PathBuf>,
+    /// The Unix socket's permission bits, in octal; it is created with them, never wider
+    /// [default: 0600, or 0660 with --unix-socket-group].
+    #[arg(long, env = "PG_IAM_PROXY_UNIX_SOCKET_MODE", value_name = "OCTAL")]
+    pub unix_socket_mode: Option<String>,
+    /// Group (name or gid) that owns the Unix socket, so its members can connect.
+    #[arg(long, env = "PG_IAM_PROXY_UNIX_SOCKET_GROUP", value_name = "GROUP")]
+    pub unix_socket_group: Option<String>,
     /// Database endpoint host name (cluster, reader or instance endpoint).
     #[arg(long, env = "PG_IAM_PROXY_HOST")]
     pub host: Option<String>,
@@ -58,6 +65,11 @@ pub struct TargetArgs {
     /// Upstream database user for every client [default: the user the client sent].
     #[arg(long, env = "PG_IAM_PROXY_DB_USER", value_name = "USER")]
     pub db_user: Option<String>,
+    /// Which database users each client may become: lines `client-identity db-user`
+    /// (pg_ident style; `*` and `/regex` identities, `*` for any db user) [default: the
+    /// proxy's own OS user and root any, everyone else the one named like their OS user].
+    #[arg(long, env = "PG_IAM_PROXY_USER_MAP", value_name = "FILE")]
+    pub user_map: Option<PathBuf>,
     /// IAM role to assume (STS) before signing.
     #[arg(long, env = "PG_IAM_PROXY_ROLE_ARN", value_name = "ARN")]
     pub role_arn: Option<String>,
@@ -125,6 +137,9 @@ impl TargetArgs {
             name: s.name.or(o.name),
             listen: s.listen.or(o.listen),
             unix_socket: s.unix_socket.or(o.unix_socket),
+            unix_socket_mode: s.unix_socket_mode.or(o.unix_socket_mode),
+            unix_socket_group: s.unix_socket_group.or(o.unix_socket_group),
+            user_map: s.user_map.or(o.user_map),
             host: s.host.or(o.host),
             port: s.port.or(o.port),
             region: s.region.or(o.region),
@@ -191,6 +206,41 @@ pub struct ProxyArgs {
     /// database user with no password [default: off: loopback and Unix sockets only].
     #[arg(long, env = "PG_IAM_PROXY_ALLOW_REMOTE_CLIENTS", num_args = 0..=1, default_missing_value = "true")]
     pub allow_remote_clients: Option<bool>,
+    /// Certificate chain (PEM) the proxy shows clients that ask for TLS; required, with a
+    /// client authentication, for a listener beyond loopback.
+    #[arg(long, env = "PG_IAM_PROXY_CLIENT_TLS_CERT", value_name = "PEM")]
+    pub client_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-tls-cert.
+    #[arg(long, env = "PG_IAM_PROXY_CLIENT_TLS_KEY", value_name = "PEM")]
+    pub client_tls_key: Option<PathBuf>,
+    /// Remote clients authenticate with SCRAM-SHA-256 against this file, in PgBouncer's
+    /// auth_file format: `"user" "SCRAM-SHA-256$..."` (`pg-iam-proxy scram-verifier` prints one).
+    #[arg(long, env = "PG_IAM_PROXY_CLIENT_AUTH_FILE", value_name = "FILE")]
+    pub client_auth_file: Option<PathBuf>,
+    /// Remote clients may authenticate with a certificate signed by a CA in this PEM file;
+    /// its subject's CN is the client identity.
+    #[arg(long, env = "PG_IAM_PROXY_CLIENT_CA_FILE", value_name = "PEM")]
+    pub client_ca_file: Option<PathBuf>,
+    /// Also admit this local user (uid or name; repeatable). By default only the proxy's own
+    /// OS user and root may connect.
+    #[arg(
+        long,
+        env = "PG_IAM_PROXY_ALLOW_UID",
+        value_name = "UID|NAME",
+        value_delimiter = ','
+    )]
+    pub allow_uid: Option<Vec<IdSpec>>,
+    /// Also admit local users in this group (gid or name; repeatable).
+    #[arg(
+        long,
+        env = "PG_IAM_PROXY_ALLOW_GID",
+        value_name = "GID|NAME",
+        value_delimiter = ','
+    )]
+    pub allow_gid: Option<Vec<IdSpec>>,
+    /// Admit every local user, without asking the kernel who connected.
+    #[arg(long, env = "PG_IAM_PROXY_ALLOW_ANY_LOCAL_USER", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_any_local_user: Option<bool>,
     /// Tokens are replaced this long before they expire [default: 60s].
     #[arg(long, env = "PG_IAM_PROXY_TOKEN_REFRESH_MARGIN", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde")]
@@ -217,6 +267,39 @@ pub struct ProxyArgs {
         value_delimiter = ','
     )]
     pub connect_to: Option<Vec<String>>,
+}
+
+/// A user or group by number or name: a flag's text, or in the file a string or an integer
+/// (`allow_uid = [1000, "alice"]`). Resolved at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdSpec(pub String);
+
+impl std::str::FromStr for IdSpec {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl From<&str> for IdSpec {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl<'de> Deserialize<'de> for IdSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Id(u32),
+            Name(String),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::Id(n) => Self(n.to_string()),
+            Raw::Name(s) => Self(s),
+        })
+    }
 }
 
 /// The TOML file's shape.

@@ -12,9 +12,11 @@ use std::time::Duration;
 use crate::iam::RoleSpec;
 use crate::upstream::connect_to::ConnectTo;
 use crate::upstream::topology::HostPattern;
+use checks::{check_local_listeners, check_unique_listeners, ids, socket_mode};
 
 mod args;
-pub use args::{FileConfig, PoolMode, ProxyArgs, TargetArgs, TlsMode};
+mod checks;
+pub use args::{FileConfig, IdSpec, PoolMode, ProxyArgs, TargetArgs, TlsMode};
 
 /// Invalid configuration, with what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,20 @@ pub struct ProxySettings {
     pub quitquitquit: bool,
     /// See [`ProxyArgs::allow_remote_clients`].
     pub allow_remote_clients: bool,
+    /// See [`ProxyArgs::client_tls_cert`].
+    pub client_tls_cert: Option<PathBuf>,
+    /// See [`ProxyArgs::client_tls_key`].
+    pub client_tls_key: Option<PathBuf>,
+    /// See [`ProxyArgs::client_auth_file`].
+    pub client_auth_file: Option<PathBuf>,
+    /// See [`ProxyArgs::client_ca_file`].
+    pub client_ca_file: Option<PathBuf>,
+    /// See [`ProxyArgs::allow_uid`] (resolved at start-up).
+    pub allow_uid: Vec<String>,
+    /// See [`ProxyArgs::allow_gid`] (resolved at start-up).
+    pub allow_gid: Vec<String>,
+    /// See [`ProxyArgs::allow_any_local_user`].
+    pub allow_any_local_user: bool,
     /// See [`ProxyArgs::token_refresh_margin`].
     pub token_refresh_margin: Duration,
     /// See [`ProxyArgs::max_connections`]; 0 = unlimited.
@@ -84,6 +100,12 @@ pub struct Target {
     pub listen: SocketAddr,
     /// Unix socket directory, if any.
     pub unix_socket: Option<PathBuf>,
+    /// The Unix socket's permission bits.
+    pub unix_socket_mode: u32,
+    /// The Unix socket's group, if any (resolved at start-up).
+    pub unix_socket_group: Option<String>,
+    /// See [`TargetArgs::user_map`].
+    pub user_map: Option<PathBuf>,
     /// Upstream host.
     pub host: String,
     /// Upstream port.
@@ -212,6 +234,16 @@ pub fn build(
             .allow_remote_clients
             .or(f.allow_remote_clients)
             .unwrap_or(false),
+        client_tls_cert: c.client_tls_cert.clone().or(f.client_tls_cert.clone()),
+        client_tls_key: c.client_tls_key.clone().or(f.client_tls_key.clone()),
+        client_auth_file: c.client_auth_file.clone().or(f.client_auth_file.clone()),
+        client_ca_file: c.client_ca_file.clone().or(f.client_ca_file.clone()),
+        allow_uid: ids(&c.allow_uid, &f.allow_uid),
+        allow_gid: ids(&c.allow_gid, &f.allow_gid),
+        allow_any_local_user: c
+            .allow_any_local_user
+            .or(f.allow_any_local_user)
+            .unwrap_or(false),
         token_refresh_margin: c
             .token_refresh_margin
             .or(f.token_refresh_margin)
@@ -263,9 +295,17 @@ pub fn build(
         .map(|t| target(cli_target.or(t).or(&file.defaults)))
         .collect::<Result<Vec<_>, _>>()?;
     check_unique_listeners(&targets)?;
-    if !proxy.allow_remote_clients {
-        check_local_listeners(&targets)?;
+    if proxy.client_ca_file.is_some() && proxy.client_tls_cert.is_none() {
+        return Err(ConfigError::Invalid(
+            "--client-ca-file needs --client-tls-cert and --client-tls-key".into(),
+        ));
     }
+    if proxy.client_tls_cert.is_some() != proxy.client_tls_key.is_some() {
+        return Err(ConfigError::Invalid(
+            "--client-tls-cert and --client-tls-key go together".into(),
+        ));
+    }
+    check_local_listeners(&targets, &proxy)?;
     Ok(Config { proxy, targets })
 }
 
@@ -328,7 +368,10 @@ fn target(t: TargetArgs) -> Result<Target, ConfigError> {
     Ok(Target {
         name: t.name.unwrap_or_else(|| host.clone()),
         listen: t.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5432))),
+        unix_socket_mode: socket_mode(t.unix_socket_mode.as_deref(), &t.unix_socket_group)?,
         unix_socket: t.unix_socket,
+        unix_socket_group: t.unix_socket_group,
+        user_map: t.user_map,
         port: t.port.unwrap_or(5432),
         host,
         region: t.region,
@@ -339,37 +382,6 @@ fn target(t: TargetArgs) -> Result<Target, ConfigError> {
         pool,
         instance_host_pattern,
     })
-}
-
-fn check_unique_listeners(targets: &[Target]) -> Result<(), ConfigError> {
-    for (i, a) in targets.iter().enumerate() {
-        for b in &targets[i + 1..] {
-            if a.listen == b.listen && a.listen.port() != 0 {
-                return Err(ConfigError::Invalid(format!(
-                    "targets {} and {} both listen on {}",
-                    a.name, b.name, a.listen
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Every client of a target logs in as its IAM database user without a password, so a
-/// listener the network can reach needs the user's explicit consent.
-fn check_local_listeners(targets: &[Target]) -> Result<(), ConfigError> {
-    match targets
-        .iter()
-        .find(|t| !t.listen.ip().to_canonical().is_loopback())
-    {
-        Some(t) => Err(ConfigError::Invalid(format!(
-            "target {} listens on {}, which clients on the network can reach, and they would use \
-             the database as its IAM user with no password. Listen on 127.0.0.1 (or a Unix \
-             socket), or add --allow-remote-clients if every host that can reach it may",
-            t.name, t.listen
-        ))),
-        None => Ok(()),
-    }
 }
 
 #[cfg(test)]

@@ -97,7 +97,7 @@ fn duplicate_listeners_are_rejected() {
 }
 
 #[test]
-fn network_listeners_need_explicit_consent() {
+fn network_listeners_need_explicit_consent_tls_and_client_auth() {
     let on = |listen: &str| TargetArgs {
         host: Some("db".into()),
         listen: Some(listen.parse().expect("addr")),
@@ -116,14 +116,49 @@ fn network_listeners_need_explicit_consent() {
         let err = build(&ProxyArgs::default(), &on(remote), &file).expect_err(remote);
         assert!(err.to_string().contains("--allow-remote-clients"), "{err}");
     }
-    let allowed = ProxyArgs {
+    let consent = ProxyArgs {
         allow_remote_clients: Some(true),
         ..Default::default()
     };
-    let config = build(&allowed, &on("0.0.0.0:5432"), &file).expect("consented");
+    let err = build(&consent, &on("0.0.0.0:5432"), &file).expect_err("no TLS");
+    assert!(err.to_string().contains("--client-tls-cert"), "{err}");
+    let secured = ProxyArgs {
+        client_tls_cert: Some("cert.pem".into()),
+        client_tls_key: Some("key.pem".into()),
+        client_auth_file: Some("users.txt".into()),
+        ..consent.clone()
+    };
+    let config = build(&secured, &on("0.0.0.0:5432"), &file).expect("consented and secured");
     assert!(config.proxy.allow_remote_clients);
-    let in_file = parse("[proxy]\nallow_remote_clients = true\n");
-    build(&ProxyArgs::default(), &on("0.0.0.0:5432"), &in_file).expect("consented in the file");
+    let no_auth = ProxyArgs {
+        client_auth_file: None,
+        ..secured.clone()
+    };
+    let err = build(&no_auth, &on("0.0.0.0:5432"), &file).expect_err("no client auth");
+    assert!(err.to_string().contains("--client-auth-file"), "{err}");
+    let in_file = parse(
+        "[proxy]\nallow_remote_clients = true\nclient_tls_cert = \"c\"\nclient_tls_key = \"k\"\n\
+         client_auth_file = \"a\"\n",
+    );
+    build(&ProxyArgs::default(), &on("0.0.0.0:5432"), &in_file).expect("all in the file");
+    let half = ProxyArgs {
+        client_tls_key: None,
+        ..secured
+    };
+    let err = build(&half, &on("127.0.0.1:5432"), &file).expect_err("cert without key");
+    assert!(err.to_string().contains("go together"), "{err}");
+    let ca_only = ProxyArgs {
+        client_ca_file: Some("ca.pem".into()),
+        ..consent.clone()
+    };
+    let err = build(&ca_only, &on("127.0.0.1:5432"), &file).expect_err("a CA without TLS");
+    assert!(err.to_string().contains("--client-ca-file needs"), "{err}");
+    let certs_only = ProxyArgs {
+        client_tls_cert: Some("cert.pem".into()),
+        client_tls_key: Some("key.pem".into()),
+        ..ca_only
+    };
+    build(&certs_only, &on("0.0.0.0:5432"), &file).expect("client certificates suffice");
 }
 
 #[test]
@@ -204,4 +239,42 @@ fn connect_to_rules_parse_in_order_and_flags_replace_the_file() {
     };
     let e = build(&bad, &TargetArgs::default(), &file).expect_err("invalid");
     assert!(e.to_string().contains("--connect-to \"c:1:d\""), "{e}");
+}
+
+#[test]
+fn access_settings_from_the_file_and_the_socket_mode() {
+    let host = TargetArgs {
+        host: Some("db.example.com".into()),
+        ..Default::default()
+    };
+    let file = parse(
+        r#"
+        [proxy]
+        allow_uid = [1000, "alice"]
+        allow_gid = ["staff"]
+        [defaults]
+        unix_socket_group = "staff"
+        "#,
+    );
+    let config = build(&ProxyArgs::default(), &host, &file).expect("valid");
+    assert_eq!(config.proxy.allow_uid, ["1000", "alice"]);
+    assert_eq!(config.proxy.allow_gid, ["staff"]);
+    assert!(!config.proxy.allow_any_local_user);
+    assert_eq!(config.targets[0].unix_socket_mode, 0o660, "group: 0660");
+    let plain = build(&ProxyArgs::default(), &host, &FileConfig::default()).expect("valid");
+    assert_eq!(
+        plain.targets[0].unix_socket_mode, 0o600,
+        "default: owner only"
+    );
+    let flags = ProxyArgs {
+        allow_uid: Some(vec!["bob".into()]),
+        ..Default::default()
+    };
+    let config = build(&flags, &host, &file).expect("valid");
+    assert_eq!(config.proxy.allow_uid, ["bob"], "flags beat the file");
+    for bad in ["0999", "1777", "rw"] {
+        let file = parse(&format!("[defaults]\nunix_socket_mode = \"{bad}\""));
+        let err = build(&ProxyArgs::default(), &host, &file).expect_err(bad);
+        assert!(err.to_string().contains("octal"), "{bad}: {err}");
+    }
 }

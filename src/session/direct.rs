@@ -9,7 +9,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::{meters, or_cut, refuse, send_early, watch_client};
+use super::{meters, or_cut, refuse, send_early, tallies, watch_client};
+use crate::audit::Traffic;
 use crate::cancel::CancelTarget;
 use crate::client::{self, StartupInfo};
 use crate::error::{sqlstate, ClientError};
@@ -26,6 +27,7 @@ pub(super) async fn session<S>(
     info: StartupInfo,
     cut: CancellationToken,
     mut early: BytesMut,
+    traffic: &Traffic,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -77,7 +79,8 @@ pub(super) async fn session<S>(
         return;
     }
     let idle = ctx.settings.idle_timeout;
-    let outcome = relay::splice(&mut client, &mut stream, cut, idle, meters(ctx)).await;
+    let tallies = tallies(ctx, traffic);
+    let outcome = relay::splice(&mut client, &mut stream, cut, idle, meters(&tallies)).await;
     if outcome.ended == relay::Ended::Idle {
         tracing::info!(timeout = ?ctx.settings.idle_timeout, "idle session closed");
     }

@@ -5,55 +5,58 @@
 //! ([`pooled`], session mode).
 
 mod direct;
+mod front;
+
+use front::Transport;
 mod pooled;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::{self, Tally, Traffic};
 use crate::client::{self, Hello, StartupInfo};
-use crate::error::{sqlstate, ClientError};
+use crate::frontend::peer::{Identity, PeerAddr};
+use crate::frontend::tls::common_name;
 use crate::relay;
 use crate::target::TargetContext;
 use crate::upstream::login::Failure;
 use crate::wire;
 
-/// Serves one accepted client connection to the end. A cut before the relay (the client
-/// still in its handshake or login) ends the connection with 57P01 too.
-pub async fn serve<S>(ctx: &TargetContext, mut client: S, cut: CancellationToken)
+/// Serves one accepted client connection from `peer` to the end. A cut before the relay
+/// (the client still in its handshake or login) ends the connection with 57P01 too.
+pub async fn serve<S>(ctx: &TargetContext, mut client: S, peer: PeerAddr, cut: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // Boxed: the handshake's state is freed before the session starts.
-    let handshake = Box::pin(timeout(
-        ctx.settings.handshake_timeout,
-        client::handshake(&mut client),
-    ));
-    let hello = match or_cut(&cut, handshake).await {
-        None => return client::reject(&mut client, &ClientError::admin_shutdown()).await,
-        Some(Ok(Ok(hello))) => hello,
-        Some(Ok(Err(e))) => {
-            tracing::debug!(error = %e, "handshake failed");
-            return client::reject(&mut client, &e).await;
-        }
-        Some(Err(_)) => {
-            let e = ClientError::new(
-                sqlstate::PROTOCOL_VIOLATION,
-                "timeout waiting for the startup packet",
-            );
-            tracing::debug!("handshake timed out");
-            return client::reject(&mut client, &e).await;
-        }
+    // Each stage boxed: the task holds only the stage it is in, so an idle session costs
+    // little (the handshakes' state and the TLS path are not carried by every session).
+    let identity = Box::pin(ctx.access.identify(peer)).await;
+    let offer_tls = ctx.access.tls.is_some();
+    let Some(hello) = Box::pin(front::hello(ctx, &mut client, &cut, offer_tls)).await else {
+        return;
     };
-    match hello {
-        Hello::Cancel(request) => {
-            // Boxed: this branch's state is not carried by every session's future.
-            let forward = Box::pin(ctx.cancels.forward(&request, |o| ctx.metrics.cancel(o)));
-            let _ = or_cut(&cut, forward).await;
-        }
-        Hello::Startup(info) => session(ctx, client, info, cut).await,
+    if !matches!(hello, Hello::Tls) {
+        let plain = front::after_hello(ctx, client, identity, hello, Transport::Plain, cut);
+        return Box::pin(plain).await;
     }
+    let Some(mut tls) = Box::pin(front::accept_tls(ctx, client, &cut)).await else {
+        return;
+    };
+    let cert_cn = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(common_name);
+    let Some(hello) = Box::pin(front::hello(ctx, &mut tls, &cut, false)).await else {
+        return;
+    };
+    let transport = Transport::Tls { cert_cn };
+    Box::pin(front::after_hello(
+        ctx, tls, identity, hello, transport, cut,
+    ))
+    .await
 }
 
 /// Runs a stage before the relay unless the shutdown drain ends first (`None`).
@@ -67,18 +70,36 @@ async fn or_cut<T>(
     }
 }
 
-async fn session<S>(ctx: &TargetContext, client: S, info: StartupInfo, cut: CancellationToken)
-where
+async fn session<S>(
+    ctx: &TargetContext,
+    client: S,
+    identity: &Identity,
+    user: String,
+    info: StartupInfo,
+    cut: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let user = ctx.db_user.clone().unwrap_or_else(|| info.user.clone());
+    let (database, traffic) = (info.database.clone(), Traffic::default());
+    let audit = audit::Session {
+        identity,
+        db_user: &user.clone(),
+        database: &database,
+        target: &ctx.name,
+        role_arn: ctx.role.as_ref().map(|r| r.arn.as_str()),
+        started: std::time::Instant::now(),
+    };
+    audit.start();
     let span = tracing::Span::current();
     span.record("user", user.as_str());
     span.record("database", info.database.as_str());
     // Boxed: an idle connection's task holds only the branch it took, not the larger of both.
     match &ctx.pooling {
         Some(pooling) if pooled::poolable(&info) => {
-            Box::pin(pooled::session(ctx, pooling, client, user, info, cut)).await
+            Box::pin(pooled::session(
+                ctx, pooling, client, user, info, cut, &traffic,
+            ))
+            .await
         }
         _ => {
             Box::pin(direct::session(
@@ -88,10 +109,12 @@ where
                 info,
                 cut,
                 BytesMut::new(),
+                &traffic,
             ))
             .await
         }
     }
+    audit.end(&traffic);
 }
 
 /// Tells the client why it got no server connection, and counts it.
@@ -127,11 +150,25 @@ async fn send_early<U: AsyncWrite + Unpin>(server: &mut U, early: BytesMut) -> b
     }
 }
 
-/// The relay's byte counters of target `ctx`.
-fn meters(ctx: &TargetContext) -> relay::Meters<'_> {
+/// The relay's byte counters: target `ctx`'s and the session's `traffic`.
+fn tallies<'a>(ctx: &'a TargetContext, traffic: &'a Traffic) -> [Tally<'a>; 2] {
+    [
+        Tally {
+            target: &ctx.metrics.to_server,
+            own: &traffic.to_server,
+        },
+        Tally {
+            target: &ctx.metrics.to_client,
+            own: &traffic.to_client,
+        },
+    ]
+}
+
+/// Meters over the two tallies of [`tallies`].
+fn meters<'a>(t: &'a [Tally<'a>; 2]) -> relay::Meters<'a> {
     relay::Meters {
-        to_server: &ctx.metrics.to_server,
-        to_client: &ctx.metrics.to_client,
+        to_server: &t[0],
+        to_client: &t[1],
     }
 }
 

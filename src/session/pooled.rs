@@ -13,7 +13,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use super::{direct, meters, or_cut, refuse, send_early, watch_client};
+use super::{direct, meters, or_cut, refuse, send_early, tallies, watch_client};
+use crate::audit::Traffic;
 use crate::cancel::CancelTarget;
 use crate::client::{self, StartupInfo};
 use crate::error::{sqlstate, ClientError};
@@ -42,6 +43,7 @@ pub(super) async fn session<S>(
     user: String,
     info: StartupInfo,
     cut: CancellationToken,
+    traffic: &Traffic,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -80,7 +82,7 @@ pub(super) async fn session<S>(
             // A parameter only a login can set: this client gets a login of its own.
             tracing::debug!(code = %r.error.code, "startup parameter needs a login; not pooled");
             release(lent, r.reusable, &pooling.config.reset_query).await;
-            let direct = direct::session(ctx, client, user, info, cut, early);
+            let direct = direct::session(ctx, client, user, info, cut, early, traffic);
             return Box::pin(direct).await;
         }
         Err(ApplyError::Rejected(r)) => {
@@ -96,7 +98,22 @@ pub(super) async fn session<S>(
     };
     // Only the fallback needed these: an idle session keeps as little as it can.
     drop((user, info, settable));
-    serve(ctx, pooling, &mut client, lent, shown, early, cut).await;
+    let rest = Rest {
+        early,
+        cut,
+        traffic,
+    };
+    serve(ctx, pooling, &mut client, lent, shown, rest).await;
+}
+
+/// What the relay stage takes besides the two connections.
+struct Rest<'a> {
+    /// What the client sent while its connection was checked out.
+    early: BytesMut,
+    /// The shutdown cut.
+    cut: CancellationToken,
+    /// The session's byte counts.
+    traffic: &'a Traffic,
 }
 
 /// Greets the client on the lent connection, relays, and releases the connection.
@@ -106,11 +123,15 @@ async fn serve<S>(
     client: &mut S,
     mut lent: Checkout<PooledServer>,
     shown: ServerParams,
-    early: BytesMut,
-    cut: CancellationToken,
+    rest: Rest<'_>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let Rest {
+        early,
+        cut,
+        traffic,
+    } = rest;
     let server = lent.conn_mut();
     let guard = ctx.cancels.register(CancelTarget {
         endpoint: server.conn.endpoint.clone(),
@@ -141,7 +162,9 @@ async fn serve<S>(
         return lent.close(CloseReason::Broken);
     }
     let idle = ctx.settings.idle_timeout;
-    let outcome = relay::splice_with(client, stream, cut, idle, meters(ctx), Mode::Pooled).await;
+    let tallies = tallies(ctx, traffic);
+    let outcome =
+        relay::splice_with(client, stream, cut, idle, meters(&tallies), Mode::Pooled).await;
     if outcome.ended == Ended::Idle {
         tracing::info!(timeout = ?idle, "idle session closed");
     }
