@@ -109,16 +109,18 @@ pub(super) async fn after_hello<S>(
         }
         (hello, Err(refusal)) => {
             let cancel = matches!(hello, Hello::Cancel(_));
-            return refuse(ctx, &mut client, refusal, cancel).await;
+            return Box::pin(refuse(ctx, &mut client, refusal, cancel)).await;
         }
     };
-    let identity = match authenticate(ctx, &mut client, identity, &info, transport).await {
+    // Boxed stages: an idle session's future holds none of the handshake's state.
+    let authenticated = Box::pin(authenticate(ctx, &mut client, identity, &info, transport));
+    let identity = match authenticated.await {
         Ok(identity) => identity,
-        Err(refusal) => return refuse(ctx, &mut client, refusal, false).await,
+        Err(refusal) => return Box::pin(refuse(ctx, &mut client, refusal, false)).await,
     };
     match ctx.db_users.decide(&ctx.access, &identity, &info.user) {
         Ok(user) => session(ctx, client, &identity, user, info, cut).await,
-        Err(refusal) => refuse(ctx, &mut client, refusal, false).await,
+        Err(refusal) => Box::pin(refuse(ctx, &mut client, refusal, false)).await,
     }
 }
 

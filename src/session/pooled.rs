@@ -47,63 +47,125 @@ pub(super) async fn session<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (key, settable) = split(user.clone(), &info);
+    // Two boxed stages: while the client is served, this future holds only the second.
+    let lend = Box::pin(lend(ctx, pooling, &mut client, &user, &info, &cut)).await;
+    match lend {
+        Lend::Answered => {}
+        Lend::Unpooled(early) => {
+            let direct = direct::session(ctx, client, user, info, cut, early, traffic);
+            Box::pin(direct).await
+        }
+        Lend::Ready(ready) => {
+            let Lent { lent, shown, early } = Lent::unbox(ready);
+            // Only the fallback needed these: an idle session keeps as little as it can.
+            drop((user, info));
+            let rest = Rest {
+                early,
+                cut,
+                traffic,
+            };
+            Box::pin(serve(ctx, pooling, &mut client, lent, shown, rest)).await
+        }
+    }
+}
+
+/// How the lending stage ended.
+enum Lend {
+    /// The client was answered (refused, or it left).
+    Answered,
+    /// A startup parameter needs a login of the client's own; what it sent meanwhile.
+    Unpooled(BytesMut),
+    /// A connection with the client's parameters applied.
+    Ready(Box<Lent>),
+}
+
+/// A connection lent to the client, ready for its greeting.
+struct Lent {
+    /// The connection.
+    lent: Checkout<PooledServer>,
+    /// The ParameterStatus values to greet the client with.
+    shown: ServerParams,
+    /// What the client sent while the connection was checked out.
+    early: BytesMut,
+}
+
+impl Lent {
+    /// Moves out of the box and frees it now (a box moved out of in place is freed only
+    /// when its binding's scope ends: here, with the session).
+    fn unbox(boxed: Box<Self>) -> Self {
+        *boxed
+    }
+}
+
+/// Checks a connection out for the client and applies its parameters.
+async fn lend<S>(
+    ctx: &TargetContext,
+    pooling: &Pooling,
+    client: &mut S,
+    user: &str,
+    info: &StartupInfo,
+    cut: &CancellationToken,
+) -> Lend
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (key, settable) = split(user.to_owned(), info);
     let mut early = BytesMut::new();
     let connector = pooling.connector.for_client(&settable);
     let checkout = Box::pin(pooling.pools.checkout(key, &connector));
     let checkout = tokio::select! {
-        checkout = or_cut(&cut, checkout) => checkout,
-        () = watch_client(&mut client, &mut early) => {
+        checkout = or_cut(cut, checkout) => checkout,
+        () = watch_client(client, &mut early) => {
             ctx.metrics.login_failed("client_left");
             tracing::debug!("client left while waiting for a server connection");
-            return;
+            return Lend::Answered;
         }
     };
     let mut lent = match checkout {
-        None => return client::reject(&mut client, &ClientError::admin_shutdown()).await,
+        None => {
+            client::reject(client, &ClientError::admin_shutdown()).await;
+            return Lend::Answered;
+        }
         Some(Ok(lent)) => lent,
-        Some(Err(PoolError::Open(failure))) => return refuse(ctx, &mut client, failure).await,
+        Some(Err(PoolError::Open(failure))) => {
+            refuse(ctx, client, failure).await;
+            return Lend::Answered;
+        }
         Some(Err(e)) => {
             let reason = if matches!(e, PoolError::Timeout { .. }) {
                 "pool_timeout"
             } else {
                 "shutdown"
             };
-            return refuse(ctx, &mut client, Failure::Client(e.to_client(), reason)).await;
+            refuse(ctx, client, Failure::Client(e.to_client(), reason)).await;
+            return Lend::Answered;
         }
     };
     tracing::debug!(reused = lent.reused(), "server connection checked out");
     let server = lent.conn_mut();
     let limit = ctx.settings.connect_timeout;
     let applied = params::apply(&mut server.conn.stream, &settable, &server.baseline, limit);
-    let shown = match applied.await {
-        Ok(shown) => shown,
+    match applied.await {
+        Ok(shown) => Lend::Ready(Box::new(Lent { lent, shown, early })),
         Err(ApplyError::Rejected(r)) if r.cannot_change_now() => {
             // A parameter only a login can set: this client gets a login of its own.
             tracing::debug!(code = %r.error.code, "startup parameter needs a login; not pooled");
             release(lent, r.reusable, &pooling.config.reset_query).await;
-            let direct = direct::session(ctx, client, user, info, cut, early, traffic);
-            return Box::pin(direct).await;
+            Lend::Unpooled(early)
         }
         Err(ApplyError::Rejected(r)) => {
             // As a direct login refuses a bad startup parameter: FATAL, the server's words.
-            client::relay_error(&mut client, &params::fatal(&r.error.frame)).await;
-            return release(lent, r.reusable, &pooling.config.reset_query).await;
+            client::relay_error(client, &params::fatal(&r.error.frame)).await;
+            release(lent, r.reusable, &pooling.config.reset_query).await;
+            Lend::Answered
         }
         Err(e) => {
             lent.close(CloseReason::Broken);
             let e = ClientError::new(sqlstate::CONNECTION_FAILURE, format!("pg-iam-proxy: {e}"));
-            return refuse(ctx, &mut client, Failure::Client(e, "protocol")).await;
+            refuse(ctx, client, Failure::Client(e, "protocol")).await;
+            Lend::Answered
         }
-    };
-    // Only the fallback needed these: an idle session keeps as little as it can.
-    drop((user, info, settable));
-    let rest = Rest {
-        early,
-        cut,
-        traffic,
-    };
-    serve(ctx, pooling, &mut client, lent, shown, rest).await;
+    }
 }
 
 /// What the relay stage takes besides the two connections.
