@@ -2,10 +2,11 @@
 //! server connection -> greet (client) -> relay -> release. Every failure reaches the client
 //! as an ErrorResponse. The server connection is either a login of the client's own
 //! ([`direct`], pool mode `none`, replication connections) or lent by the target's pool
-//! ([`pooled`], session mode).
+//! ([`pooled`], session mode; [`txn`], transaction mode: a connection per transaction).
 
 mod direct;
 mod pooled;
+mod txn;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -13,6 +14,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{self, Hello, StartupInfo};
+use crate::config::PoolMode;
 use crate::error::{sqlstate, ClientError};
 use crate::relay;
 use crate::target::TargetContext;
@@ -78,7 +80,11 @@ where
     // Boxed: an idle connection's task holds only the branch it took, not the larger of both.
     match &ctx.pooling {
         Some(pooling) if pooled::poolable(&info) => {
-            Box::pin(pooled::session(ctx, pooling, client, user, info, cut)).await
+            if pooling.config.mode == PoolMode::Transaction {
+                Box::pin(txn::session(ctx, pooling, client, user, info, cut)).await
+            } else {
+                Box::pin(pooled::session(ctx, pooling, client, user, info, cut)).await
+            }
         }
         _ => {
             Box::pin(direct::session(

@@ -60,15 +60,7 @@ pub(super) async fn session<S>(
     let mut lent = match checkout {
         None => return client::reject(&mut client, &ClientError::admin_shutdown()).await,
         Some(Ok(lent)) => lent,
-        Some(Err(PoolError::Open(failure))) => return refuse(ctx, &mut client, failure).await,
-        Some(Err(e)) => {
-            let reason = if matches!(e, PoolError::Timeout { .. }) {
-                "pool_timeout"
-            } else {
-                "shutdown"
-            };
-            return refuse(ctx, &mut client, Failure::Client(e.to_client(), reason)).await;
-        }
+        Some(Err(e)) => return refuse(ctx, &mut client, checkout_failure(e)).await,
     };
     tracing::debug!(reused = lent.reused(), "server connection checked out");
     let server = lent.conn_mut();
@@ -97,6 +89,21 @@ pub(super) async fn session<S>(
     // Only the fallback needed these: an idle session keeps as little as it can.
     drop((user, info, settable));
     serve(ctx, pooling, &mut client, lent, shown, early, cut).await;
+}
+
+/// Why a checkout gave no connection, as the client is told.
+pub(super) fn checkout_failure(e: PoolError<Failure>) -> Failure {
+    match e {
+        PoolError::Open(failure) => failure,
+        e => {
+            let reason = if matches!(e, PoolError::Timeout { .. }) {
+                "pool_timeout"
+            } else {
+                "shutdown"
+            };
+            Failure::Client(e.to_client(), reason)
+        }
+    }
 }
 
 /// Greets the client on the lent connection, relays, and releases the connection.
@@ -155,7 +162,7 @@ async fn serve<S>(
 
 /// Resets the connection and returns it to its pool when `idle`; closes it otherwise or when
 /// the reset fails.
-async fn release(mut lent: Checkout<PooledServer>, idle: bool, reset_query: &str) {
+pub(super) async fn release(mut lent: Checkout<PooledServer>, idle: bool, reset_query: &str) {
     if !idle {
         return lent.check_in(false);
     }
@@ -178,7 +185,7 @@ const SET_AFTER_LOGIN: &[&str] = &["application_name"];
 
 /// The pool key (user, database and the startup parameters a login must carry, sorted) and
 /// the parameters to apply on whichever connection the pool lends.
-fn split(user: String, info: &StartupInfo) -> (PoolKey, Vec<(String, String)>) {
+pub(super) fn split(user: String, info: &StartupInfo) -> (PoolKey, Vec<(String, String)>) {
     let (mut startup, settable): (Vec<_>, Vec<_>) = info
         .params
         .iter()
