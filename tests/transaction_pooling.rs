@@ -151,40 +151,61 @@ async fn each_pin_reason_pins_and_the_rest_does_not() {
     b.batch_execute("COMMIT").await.expect("commit");
 }
 
+/// A superuser session straight to the stand-in (not through the proxy).
+async fn admin(si: &StandIn) -> Client {
+    let i = &si.info;
+    let direct = format!(
+        "host=127.0.0.1 port={} user={} password={} dbname={} sslmode=disable",
+        i.port, i.master_user, i.master_password, i.database
+    );
+    let (client, conn) = tokio_postgres::connect(&direct, tokio_postgres::NoTls)
+        .await
+        .expect("admin");
+    tokio::spawn(conn);
+    client
+}
+
+/// Waits (bounded) until backend `pid` runs a query.
+async fn running(admin: &Client, pid: &str) {
+    let sql =
+        format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND state = 'active'");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while one(admin, &sql).await != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "backend {pid} never ran the query"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_reaches_the_current_transaction_only() {
     let si = StandIn::shared();
+    let admin = admin(si).await;
     let proxy = txn_proxy(si, 2).await;
     let (a, b) = (connect(si, proxy.addr).await, connect(si, proxy.addr).await);
     let (a_cancel, b_cancel) = (a.cancel_token(), b.cancel_token());
-    let started = Instant::now();
-    let sleeping = tokio::spawn(async move { a.simple_query("SELECT pg_sleep(2)").await });
-    // B has no transaction: its cancel is dropped, A's query is untouched. Then A's cancel
-    // ends A's query. Wait until A's query runs (B sees it in pg_stat_activity).
-    let active = "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(2)' \
-                  AND state = 'active'";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while one(&b, active).await != "1" {
-        assert!(Instant::now() < deadline, "A's query never ran");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // B's last transaction ran on backend X; A's next one gets X (the most recently used).
+    let x = pid(&b).await;
+    let sleeping = tokio::spawn(async move {
+        let r = a.simple_query("SELECT pg_sleep(2)").await;
+        (a, r)
+    });
+    running(&admin, &x).await;
+    // B runs no transaction now: its cancel is dropped, never reaching A's query on X.
     b_cancel
         .cancel_query(tokio_postgres::NoTls)
         .await
         .expect("B's cancel taken");
-    let result = sleeping.await.expect("join");
+    let (a, result) = sleeping.await.expect("join");
     assert!(result.is_ok(), "B's cancel reached A: {result:?}");
-    assert!(started.elapsed() >= Duration::from_secs(2));
 
-    let a = connect(si, proxy.addr).await;
-    let a_cancel2 = a.cancel_token();
+    // A's own cancel reaches the server connection of its current transaction.
+    let x = pid(&a).await;
     let sleeping = tokio::spawn(async move { a.simple_query("SELECT pg_sleep(20)").await });
-    let active = active.replace("pg_sleep(2)", "pg_sleep(20)");
-    while one(&b, &active).await != "1" {
-        assert!(Instant::now() < deadline, "A's query never ran");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    a_cancel2
+    running(&admin, &x).await;
+    a_cancel
         .cancel_query(tokio_postgres::NoTls)
         .await
         .expect("A's cancel taken");
@@ -194,7 +215,6 @@ async fn cancel_reaches_the_current_transaction_only() {
         .expect("join");
     let e = result.expect_err("cancelled");
     assert_eq!(support::code(&e), "57014", "{e}");
-    drop(a_cancel);
 }
 
 /// A raw client's message with `tag` and `body`.
