@@ -11,12 +11,12 @@
 //! - `PREPARE`, `DEALLOCATE` -> [`PinReason::Prepare`]
 //! - `pg_advisory_lock` / `pg_try_advisory_lock` (and their `_shared` forms) anywhere in the
 //!   text -> [`PinReason::AdvisoryLock`] (the `_xact_` forms end with the transaction)
+//! - `set_config` anywhere in the text (whatever its third argument) -> [`PinReason::Set`]
 //! - a Parse with a non-empty statement name -> [`PinReason::NamedStatement`]
 //!
-//! Limits (not pinned; document them): session state changed by other means, e.g.
-//! `SELECT set_config(..., false)`, a function or `DO` block that runs `SET`, `LISTEN` or
-//! `CREATE TEMP` inside, `SELECT ... INTO TEMP`; and only the first [`SCAN_LIMIT`] bytes of a
-//! message are scanned.
+//! Limits (not pinned; document them): session state changed by other means, e.g. a
+//! function or `DO` block that runs `SET`, `LISTEN` or `CREATE TEMP` inside,
+//! `SELECT ... INTO TEMP`; and only the first [`SCAN_LIMIT`] bytes of a message are scanned.
 
 /// Bytes of one message's text that are scanned.
 pub const SCAN_LIMIT: usize = 64 * 1024;
@@ -133,6 +133,9 @@ pub fn scan_sql(sql: &[u8]) -> Option<PinReason> {
     if lower.contains("pg_advisory_lock") || lower.contains("pg_try_advisory_lock") {
         return Some(PinReason::AdvisoryLock);
     }
+    if lower.contains("set_config") {
+        return Some(PinReason::Set);
+    }
     let found = statements(&lower).find_map(classify);
     found
 }
@@ -223,6 +226,10 @@ mod tests {
             ("SET LOCAL work_mem = '1MB'", None),
             ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", None),
             ("RESET ALL", Some(Set)),
+            (
+                "SELECT pg_catalog.set_config('search_path', ' ', false)",
+                Some(Set),
+            ),
             ("select 1; /* c */ listen chan", Some(Listen)),
             ("SELECT pg_advisory_lock(1)", Some(AdvisoryLock)),
             ("SELECT pg_try_advisory_lock_shared(1)", Some(AdvisoryLock)),

@@ -204,6 +204,9 @@ impl Client<'_> {
             }
         };
         let server = lent.conn_mut();
+        if !server.differs(&self.settable) {
+            return Some(lent);
+        }
         let current = server.current();
         let limit = self.ctx.settings.connect_timeout;
         let applied = params::apply(&mut server.conn.stream, &self.settable, &current, limit);

@@ -38,6 +38,17 @@ pub struct PooledServer {
 }
 
 impl PooledServer {
+    /// Whether the session's value of any of `params` differs from the one given.
+    pub fn differs(&self, params: &[(String, String)]) -> bool {
+        params.iter().any(|(name, value)| {
+            let now = self
+                .since_login
+                .get(name)
+                .or_else(|| self.baseline.get(name));
+            now != Some(value.as_str())
+        })
+    }
+
     /// The values the session has now: `baseline` with `since_login` applied.
     pub fn current(&self) -> ServerParams {
         let mut now = self.baseline.clone();
