@@ -15,10 +15,40 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 async fn txn_proxy(si: &StandIn, size: usize) -> support::Proxy {
+    txn_proxy_http(si, size, None).await
+}
+
+async fn txn_proxy_http(si: &StandIn, size: usize, http: Option<SocketAddr>) -> support::Proxy {
     let mut spec = ProxySpec::new(si);
     spec.target.pool_mode = Some(pg_iam_proxy::config::PoolMode::Transaction);
     spec.target.pool_size = Some(size);
+    spec.proxy.http_addr = http;
     spec.start().await
+}
+
+/// Waits (bounded) until the proxy's `pool_pinned_clients_total` for `reason` is at least
+/// `want`.
+async fn pinned_count(http: SocketAddr, reason: &str, want: f64) {
+    let label = format!("reason=\"{reason}\"");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = support::http(http, "GET", "/metrics").await;
+        let seen: f64 = body
+            .lines()
+            .filter(|l| {
+                l.starts_with("pg_iam_proxy_pool_pinned_clients_total") && l.contains(&label)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if seen >= want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{reason}: {seen} pinned clients counted, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn connect(si: &StandIn, addr: SocketAddr) -> Client {
@@ -115,9 +145,11 @@ async fn pinned_by(si: &StandIn, addr: SocketAddr, sql: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_pin_reason_pins_and_the_rest_does_not() {
     let si = StandIn::shared();
-    let proxy = txn_proxy(si, 2).await;
+    let http = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let proxy = txn_proxy_http(si, 2, Some(http)).await;
     for sql in [
         "SET search_path = public",
+        "SELECT set_config('search_path', 'public', false)",
         "LISTEN txn_test",
         "SELECT pg_advisory_lock(77)",
         "BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT 1; COMMIT",
@@ -125,6 +157,17 @@ async fn each_pin_reason_pins_and_the_rest_does_not() {
         "PREPARE txn_p AS SELECT 1",
     ] {
         assert!(pinned_by(si, proxy.addr, sql).await, "{sql} did not pin");
+    }
+    // Counted when a pinned client leaves (pinned_by's clients have gone).
+    for (reason, want) in [
+        ("set", 2.0),
+        ("listen", 1.0),
+        ("advisory_lock", 1.0),
+        ("cursor_with_hold", 1.0),
+        ("temp_table", 1.0),
+        ("prepare", 1.0),
+    ] {
+        pinned_count(http, reason, want).await;
     }
     for sql in ["BEGIN; SET LOCAL work_mem = '2MB'; COMMIT", "SELECT 1"] {
         assert!(!pinned_by(si, proxy.addr, sql).await, "{sql} pinned");
@@ -149,6 +192,8 @@ async fn each_pin_reason_pins_and_the_rest_does_not() {
     let again: i32 = a.query_one(&stmt, &[]).await.expect("run again").get(0);
     assert_eq!(named, again, "a named statement pins its client");
     b.batch_execute("COMMIT").await.expect("commit");
+    drop(a);
+    pinned_count(http, "named_statement", 1.0).await;
 }
 
 /// A superuser session straight to the stand-in (not through the proxy).
@@ -285,6 +330,58 @@ async fn a_pipeline_with_an_error_in_the_middle_gives_the_connection_back() {
         "SELECT 4 answered: {answer:?}"
     );
     raw.write_all(&message(b'X', b"")).await.expect("terminate");
+}
+
+/// A raw client (startup with user and database only) greeted by the proxy.
+async fn raw_client(si: &StandIn, addr: SocketAddr) -> tokio::net::TcpStream {
+    let mut raw = tokio::net::TcpStream::connect(addr).await.expect("raw");
+    let i = &si.info;
+    let startup = support::startup(3, 0, &[("user", &i.iam_user), ("database", &i.database)]);
+    raw.write_all(&startup).await.expect("startup");
+    until_ready(&mut raw).await;
+    raw
+}
+
+/// Sends `pg_backend_pid()` by the extended protocol with Flush and no Sync, and returns the
+/// pid from its answer: the server then owes a ReadyForQuery.
+async fn unsynced_pid(raw: &mut tokio::net::TcpStream) -> String {
+    let mut unsynced = extended("SELECT pg_backend_pid()");
+    unsynced.extend(message(b'H', b""));
+    raw.write_all(&unsynced).await.expect("pipeline");
+    let mut answer = Vec::new();
+    let complete = [b'C', 0, 0, 0, 13];
+    while !answer.windows(5).any(|w| w == complete) {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("answer");
+        assert!(n > 0, "closed");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    // DataRow: 'D', length, 1 column, its length, the text.
+    let d = answer.iter().position(|b| *b == b'D').expect("DataRow");
+    let len = i32::from_be_bytes(answer[d + 7..d + 11].try_into().expect("4 bytes")) as usize;
+    String::from_utf8(answer[d + 11..d + 11 + len].to_vec()).expect("pid text")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_pipeline_costs_its_connection() {
+    let si = StandIn::shared();
+    let admin = admin(si).await;
+    let proxy = txn_proxy(si, 1).await;
+    let mut raw = raw_client(si, proxy.addr).await;
+    let first = unsynced_pid(&mut raw).await;
+    drop(raw);
+    // Not provably idle: closed, never handed to the next client.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let gone = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {first}");
+    while one(&admin, &gone).await != "0" {
+        assert!(Instant::now() < deadline, "backend {first} kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut raw = raw_client(si, proxy.addr).await;
+    assert_ne!(unsynced_pid(&mut raw).await, first, "a fresh backend");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
