@@ -4,13 +4,14 @@ pg-iam-proxy --pool-mode transaction against PgBouncer 1.18 in transaction mode,
 stand-in, in one run with interleaved rounds (the start order rotating every round).
 
     python3 benches/txn_compare.py [--rounds 3] [--seconds 10] [--clients 500] [--servers 16]
-                                   [--bin target/release/pg-iam-proxy]
+                                   [--idle 1000] [--bin target/release/pg-iam-proxy]
 
-Figure: pgbench -n -S (simple protocol) -c CLIENTS -j 2 -T SECONDS through each, both with
+Figures: (a) pgbench -n -S (simple protocol) -c CLIENTS -j 2 -T SECONDS through each, both with
 SERVERS server connections; prints the median tps of each and the median of the per-round
 ratios proxy / PgBouncer (target >= 1.0x). Reuses benches/pool_compare.py's helpers (stand-in,
 PgBouncer, data, pgbench); PgBouncer logs in as the stand-in's password user, the proxy as the
-IAM user.
+IAM user. (b) memory of idle clients: the RSS delta of a fresh transaction-mode proxy over
+IDLE idle clients (psycopg, each has run `SELECT 1`), total and per client.
 """
 
 import argparse
@@ -33,6 +34,7 @@ def main():
     ap.add_argument("--clients", type=int, default=500)
     ap.add_argument("--servers", type=int, default=16)
     ap.add_argument("--scale", type=int, default=10)
+    ap.add_argument("--idle", type=int, default=1000, help="idle clients for (b); 0 skips it")
     ap.add_argument("--bin", help="the proxy binary (default: target/release/pg-iam-proxy, built if stale)")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -65,6 +67,17 @@ def main():
             print(f"  {name}: median {statistics.median(values):.0f} tps ({', '.join(f'{v:.0f}' for v in values)})")
         print(f"  proxy / PgBouncer: {statistics.median(ratios):.2f}x (median of per-round ratios; "
               f"target >= 1.0x); proxy IAM logins in all rounds: {logins['proxy-transaction']}")
+        for p in procs:
+            p.terminate()
+            p.wait()
+        procs = []
+        if args.idle:
+            print(f"\n(b) {args.idle} idle clients on a fresh proxy (pool size {args.servers})", flush=True)
+            proc, port = pc.start_proxy(binary, info, flags)
+            procs.append(proc)
+            per = pc.idle_memory("proxy-transaction", proc.pid, port, info["iam_user"], args.idle)
+            print(f"  {per * args.idle / 1024:.1f} MiB for {args.idle} idle clients "
+                  f"({per * 10000 / 1024:.0f} MiB at 10,000 at this rate; target <= 200 MiB)")
     finally:
         for p in procs:
             p.terminate()
