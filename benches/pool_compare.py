@@ -386,12 +386,12 @@ def rss_kib(pid):
         return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
 
 
-def idle_memory(name, pid, port, user, count):
+def idle_memory(name, pid, port, user, count, autocommit=False):
     import psycopg
 
     def connect():
         return psycopg.connect(host="127.0.0.1", port=port, user=user, dbname="labdb", sslmode="disable",
-                               connect_timeout=60)
+                               connect_timeout=60, autocommit=autocommit)
 
     with connect() as warm:  # first-use allocations are not per client
         warm.execute("select 1").fetchone()

@@ -11,7 +11,7 @@ SERVERS server connections; prints the median tps of each and the median of the 
 ratios proxy / PgBouncer (target >= 1.0x). Reuses benches/pool_compare.py's helpers (stand-in,
 PgBouncer, data, pgbench); PgBouncer logs in as the stand-in's password user, the proxy as the
 IAM user. (b) memory of idle clients: the RSS delta of a fresh transaction-mode proxy over
-IDLE idle clients (psycopg, each has run `SELECT 1`), total and per client.
+IDLE idle clients (psycopg in autocommit mode, each has run `SELECT 1`), total and per client.
 """
 
 import argparse
@@ -75,7 +75,8 @@ def main():
             print(f"\n(b) {args.idle} idle clients on a fresh proxy (pool size {args.servers})", flush=True)
             proc, port = pc.start_proxy(binary, info, flags)
             procs.append(proc)
-            per = pc.idle_memory("proxy-transaction", proc.pid, port, info["iam_user"], args.idle)
+            per = pc.idle_memory("proxy-transaction", proc.pid, port, info["iam_user"], args.idle,
+                                 autocommit=True)  # else each holds its server connection
             print(f"  {per * args.idle / 1024:.1f} MiB for {args.idle} idle clients "
                   f"({per * 10000 / 1024:.0f} MiB at 10,000 at this rate; target <= 200 MiB)")
     finally:
