@@ -158,7 +158,7 @@ async fn each_pin_reason_pins_and_the_rest_does_not() {
     ] {
         assert!(pinned_by(si, proxy.addr, sql).await, "{sql} did not pin");
     }
-    // Counted when a pinned client leaves (pinned_by's clients have gone).
+    // Counted once the pinning statement's transaction ended.
     for (reason, want) in [
         ("set", 2.0),
         ("listen", 1.0),

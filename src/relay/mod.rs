@@ -96,8 +96,8 @@ pub enum Ended {
         terminate: bool,
     },
     /// [`splice_transaction`]: the server connection became provably idle outside a
-    /// transaction block with the client still there and unpinned; it may go back to the
-    /// pool as it is.
+    /// transaction block with the client still there; unless [`Outcome::pinned`], it may go
+    /// back to the pool as it is.
     Returned,
 }
 

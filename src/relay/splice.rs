@@ -62,8 +62,9 @@ where
 /// Transaction pooling: [`splice_with`] in [`Mode::Pooled`] from `early` (what the client
 /// sent before the server connection was assigned), scanning the client's SQL for what pins
 /// it ([`super::pin`]), that also ends with [`Ended::Returned`] as soon as the server
-/// connection is provably idle outside a transaction block while the client is unpinned.
-/// A pinned client's relay goes on as a session's does; [`Outcome::pinned`] says why.
+/// connection is provably idle outside a transaction block. [`Outcome::pinned`] says whether
+/// (and why) the client must keep the connection: the caller then goes on with
+/// [`splice_with`] in [`Mode::Pooled`] (both sides stand settled, as after a greeting).
 pub async fn splice_transaction<C, U>(
     client: &mut C,
     upstream: &mut U,
@@ -133,10 +134,10 @@ where
     }
 }
 
-/// Transaction mode, unpinned: the server connection is provably idle outside a transaction
-/// block (nothing read and unwritten either way).
+/// Transaction mode: the server connection is provably idle outside a transaction block
+/// (nothing read and unwritten either way).
 fn transaction_over(up: &Pipe, down: &Pipe) -> bool {
-    if up.scan.as_ref().is_none_or(|s| s.pinned.is_some()) || up.eof {
+    if up.scan.is_none() || up.eof {
         return false;
     }
     match (&up.track, &down.track) {

@@ -16,7 +16,7 @@ use crate::cancel::{CancelTarget, ClientCancel};
 use crate::client::{self, StartupInfo};
 use crate::error::{sqlstate, ClientError};
 use crate::pool::{Checkout, CloseReason, PoolKey};
-use crate::relay::{self, Ended};
+use crate::relay::{self, Ended, Mode};
 use crate::target::{Pooling, TargetContext};
 use crate::upstream::params::{self, ServerParams};
 use crate::upstream::pooled::{PooledServer, ServerConnector};
@@ -247,19 +247,26 @@ impl Client<'_> {
         let idle = self.ctx.settings.idle_timeout;
         let cut = self.cut.clone();
         let meters = meters(self.ctx);
-        let outcome = relay::splice_transaction(client, stream, early, cut, idle, meters).await;
-        if outcome.ended == Ended::Returned {
-            self.cancel.unassign().await;
-            lent.return_idle();
-            return true;
-        }
-        if let Some(reason) = outcome.pinned {
-            tracing::debug!(
-                reason = reason.as_str(),
-                "client was pinned to its server connection"
-            );
-            let pools = &self.pooling.pools;
-            pools.metrics().pinned(pools.target(), reason.as_str());
+        let mut outcome = relay::splice_transaction(client, stream, early, cut, idle, meters).await;
+        match (outcome.ended, outcome.pinned) {
+            (Ended::Returned, None) => {
+                self.cancel.unassign().await;
+                lent.return_idle();
+                return true;
+            }
+            (Ended::Returned, Some(reason)) => {
+                // Settled and idle: the rest of the session is relayed as session mode does.
+                tracing::debug!(
+                    reason = reason.as_str(),
+                    "client pinned to its server connection"
+                );
+                let pools = &self.pooling.pools;
+                pools.metrics().pinned(pools.target(), reason.as_str());
+                let stream = &mut lent.conn_mut().conn.stream;
+                let cut = self.cut.clone();
+                outcome = relay::splice_with(client, stream, cut, idle, meters, Mode::Pooled).await;
+            }
+            _ => {}
         }
         if outcome.ended == Ended::Idle {
             tracing::info!(timeout = ?idle, "idle session closed");
