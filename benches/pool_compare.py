@@ -180,8 +180,8 @@ def start_floor(info):
     return proc, int(proc.stdout.readline().rsplit(":", 1)[1])
 
 
-def start_pgbouncer(binary, info, workdir, pool_size, max_clients):
-    """PgBouncer in session mode, logging in to the stand-in as plain_user over verified TLS."""
+def start_pgbouncer(binary, info, workdir, pool_size, max_clients, mode="session"):
+    """PgBouncer in `mode`, logging in to the stand-in as plain_user over verified TLS."""
     port = free_port()
     os.makedirs(workdir, exist_ok=True)
     os.chmod(workdir, 0o755)
@@ -195,7 +195,7 @@ listen_addr = 127.0.0.1
 listen_port = {port}
 unix_socket_dir =
 auth_type = any
-pool_mode = session
+pool_mode = {mode}
 default_pool_size = {pool_size}
 max_client_conn = {max_clients}
 server_tls_sslmode = verify-full
@@ -386,12 +386,12 @@ def rss_kib(pid):
         return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
 
 
-def idle_memory(name, pid, port, user, count):
+def idle_memory(name, pid, port, user, count, autocommit=False):
     import psycopg
 
     def connect():
         return psycopg.connect(host="127.0.0.1", port=port, user=user, dbname="labdb", sslmode="disable",
-                               connect_timeout=60)
+                               connect_timeout=60, autocommit=autocommit)
 
     with connect() as warm:  # first-use allocations are not per client
         warm.execute("select 1").fetchone()

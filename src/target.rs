@@ -1,10 +1,11 @@
 //! One target's shared context: its settings, the upstream endpoint, the token cache and
 //! cancel map (shared by all targets), its login gate and its metrics. Built once at start-up
-//! (`app`), borrowed by every connection of the target. In session pool mode it owns the
+//! (`app`), borrowed by every connection of the target. In the pool modes it owns the
 //! target's pools, whose connector holds the target weakly. On an Aurora cluster endpoint
 //! it holds the topology, which decides where new connections go.
 
-use std::sync::{Arc, Weak};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::cancel::CancelMap;
 use crate::config::{PoolConfig, PoolMode, ProxySettings};
@@ -12,8 +13,9 @@ use crate::frontend::access::{Access, DbUserRule};
 use crate::gate::LoginGate;
 use crate::iam::{RoleSpec, TokenCache};
 use crate::metrics::TargetMetrics;
-use crate::pool::{PoolMetrics, Pools, Settings};
+use crate::pool::{PoolKey, PoolMetrics, Pools, Settings};
 use crate::upstream::connect::Endpoint;
+use crate::upstream::params::ServerParams;
 use crate::upstream::pooled::ServerConnector;
 use crate::upstream::topology::Topology;
 
@@ -61,6 +63,9 @@ pub struct Pooling {
     pub connector: ServerConnector,
     /// The settings (the reset query among them).
     pub config: PoolConfig,
+    /// Transaction mode: each pool's ParameterStatus values from its first login, the
+    /// greeting of clients that get no server connection of their own.
+    pub baselines: Mutex<HashMap<PoolKey, ServerParams>>,
 }
 
 impl Pooling {
@@ -72,7 +77,7 @@ impl Pooling {
         config: &PoolConfig,
         metrics: Arc<PoolMetrics>,
     ) -> Option<Self> {
-        if config.mode != PoolMode::Session {
+        if config.mode == PoolMode::None {
             return None;
         }
         let settings = Settings {
@@ -87,6 +92,7 @@ impl Pooling {
             pools: Pools::new(name, settings, metrics),
             connector: ServerConnector::new(ctx.clone()),
             config: config.clone(),
+            baselines: Mutex::default(),
         })
     }
 }

@@ -79,22 +79,25 @@ struct State {
     closed: bool,
     /// When the last forward started.
     last: Option<Instant>,
+    /// Where a cancel goes now; `None` in transaction mode between transactions.
+    target: Option<CancelTarget>,
 }
 
 /// One session's cancel target and forwarding state.
 #[derive(Debug)]
 pub(super) struct Entry {
-    target: CancelTarget,
     state: Mutex<State>,
     /// Woken whenever a forward of this key stops running.
     settled: tokio::sync::Notify,
 }
 
 impl Entry {
-    pub(super) fn new(target: CancelTarget) -> Self {
+    pub(super) fn new(target: Option<CancelTarget>) -> Self {
         Self {
-            target,
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                target,
+                ..State::default()
+            }),
             settled: tokio::sync::Notify::new(),
         }
     }
@@ -105,6 +108,16 @@ impl Entry {
 
     pub(super) fn close(&self) {
         self.lock().closed = true;
+    }
+
+    /// Points the key at `target` (a transaction's server connection) or at nothing.
+    pub(super) fn point(&self, target: Option<CancelTarget>) {
+        self.lock().target = target;
+    }
+
+    /// Whether a forward runs or waits for its turn.
+    pub(super) fn busy(&self) -> bool {
+        self.lock().busy
     }
 
     /// Takes the forwarding turn, or marks a follow-up for the holder of it.
@@ -118,18 +131,20 @@ impl Entry {
         true
     }
 
-    /// Starts a forward now unless the session ended; cancels so far are covered by it.
-    fn start(&self) -> bool {
+    /// Starts a forward now, to where the key points, unless the session ended or the key
+    /// points nowhere; cancels so far are covered by it.
+    fn start(&self) -> Option<CancelTarget> {
         let mut s = self.lock();
-        if s.closed {
+        let target = s.target.clone().filter(|_| !s.closed);
+        if target.is_none() {
             s.busy = false;
             drop(s);
             self.settled.notify_waiters();
-            return false;
+            return None;
         }
         s.again = false;
         s.last = Some(Instant::now());
-        true
+        target
     }
 
     /// After a forward: keep the turn if a follow-up is owed, else give it up.
@@ -211,19 +226,20 @@ impl CancelMap {
             if let Some(at) = entry.earliest_start(self.limits.spacing) {
                 tokio::time::sleep_until(at).await;
             }
-            if !entry.start() {
+            let Some(target) = entry.start() else {
                 if first {
-                    record(CancelOutcome::UnknownKey); // the session ended meanwhile
+                    // The session ended meanwhile, or (transaction mode) runs no transaction.
+                    record(CancelOutcome::UnknownKey);
                 }
                 return;
-            }
-            match send(&entry.target, self.limits.timeout).await {
+            };
+            match send(&target, self.limits.timeout).await {
                 Ok(()) => {
-                    tracing::debug!(addr = %entry.target.addr, "cancel request forwarded");
+                    tracing::debug!(addr = %target.addr, "cancel request forwarded");
                     record(CancelOutcome::Forwarded);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, addr = %entry.target.addr, "cannot forward a cancel request");
+                    tracing::warn!(error = %e, addr = %target.addr, "cannot forward a cancel request");
                     record(CancelOutcome::Failed);
                 }
             }

@@ -88,6 +88,49 @@ impl Drop for CancelGuard {
     }
 }
 
+/// Transaction mode: a client's cancel key, pointed at the server connection of its current
+/// transaction while it has one. Dropping it unregisters the key.
+#[derive(Debug)]
+pub struct ClientCancel {
+    guard: CancelGuard,
+    entry: Arc<Entry>,
+}
+
+impl ClientCancel {
+    /// The key given to the client (pid and secret of ours).
+    pub fn key(&self) -> (i32, i32) {
+        self.guard.key
+    }
+
+    /// The client's cancels go to `target` from now on.
+    pub fn assign(&self, target: CancelTarget) {
+        self.entry.point(Some(target));
+    }
+
+    /// The client's cancels are dropped from now on; returns once no forward to the
+    /// previous target is running (at most the forward timeout), so the server connection
+    /// can go to another client without a late cancel reaching that client's transaction.
+    pub async fn unassign(&self) {
+        self.entry.point(None);
+        if !self.entry.busy() {
+            return;
+        }
+        let limits = self.guard.map.limits;
+        let limit = limits.timeout + limits.spacing;
+        if tokio::time::timeout(limit, self.entry.settled())
+            .await
+            .is_err()
+        {
+            tracing::warn!("a cancel forward outlived its timeout at unassign");
+        }
+    }
+
+    /// Unregisters the key, waiting out a forward in flight.
+    pub async fn release(self) {
+        self.guard.release().await;
+    }
+}
+
 impl CancelMap {
     /// A map forwarding within `limits`.
     pub fn new(limits: CancelLimits) -> Self {
@@ -125,10 +168,31 @@ impl CancelMap {
                 break key;
             }
         };
-        sessions.insert(key, Arc::new(Entry::new(target)));
+        sessions.insert(key, Arc::new(Entry::new(Some(target))));
         CancelGuard {
             map: self.clone(),
             key,
+        }
+    }
+
+    /// Transaction mode: registers a client under a pid and secret of ours, pointing at no
+    /// server connection until [`ClientCancel::assign`].
+    pub fn register_client(self: &Arc<Self>) -> ClientCancel {
+        let mut sessions = self.lock();
+        let (key, entry) = loop {
+            // A positive pid, as PostgreSQL's are.
+            let key = (self.random_secret() & i32::MAX, self.random_secret());
+            if key.0 != 0 && !sessions.contains_key(&key) {
+                break (key, Arc::new(Entry::new(None)));
+            }
+        };
+        sessions.insert(key, entry.clone());
+        ClientCancel {
+            guard: CancelGuard {
+                map: self.clone(),
+                key,
+            },
+            entry,
         }
     }
 

@@ -124,7 +124,7 @@ pub enum PoolMode {
     None,
     /// A server connection serves one client session at a time, then is reset and reused.
     Session,
-    /// A server connection serves one transaction at a time (not yet available).
+    /// A server connection serves one transaction at a time, then goes back (no reset).
     Transaction,
 }
 

@@ -129,7 +129,7 @@ pub struct Target {
 /// A target's pool settings, defaults applied (PgBouncer's meanings).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
-    /// See [`TargetArgs::pool_mode`]; `Transaction` is refused at start-up for now.
+    /// See [`TargetArgs::pool_mode`].
     pub mode: PoolMode,
     /// See [`TargetArgs::pool_size`]; at least 1.
     pub size: usize,
@@ -160,11 +160,6 @@ fn pool_config(t: &TargetArgs) -> Result<PoolConfig, ConfigError> {
         timeout: t.pool_timeout.unwrap_or(secs(60)),
     };
     let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
-    if pool.mode == PoolMode::Transaction {
-        return invalid(
-            "pool_mode transaction is not available yet; use session (the default) or none",
-        );
-    }
     if pool.size == 0 {
         return invalid("pool_size must be at least 1");
     }

@@ -207,7 +207,6 @@ fn pool_settings_default_to_session_pooling_and_are_checked() {
     assert_eq!((pool.mode, pool.size), (PoolMode::None, 4));
     assert_eq!(pool.lifetime, Duration::from_secs(600));
     for (args, want) in [
-        (r#"pool_mode = "transaction""#, "not available yet"),
         ("pool_size = 0", "at least 1"),
         ("pool_size = 2\npool_min_idle = 3", "cannot exceed"),
         (r#"server_reset_query = " ""#, "cannot be empty"),

@@ -93,6 +93,15 @@ impl<T: Conn> Checkout<T> {
         }
     }
 
+    /// Transaction mode: returns a connection that is idle at ReadyForQuery('I') after a
+    /// transaction, without a reset (counted as a transaction, not a reset).
+    pub fn return_idle(mut self) {
+        if let Some(entry) = self.entry.take() {
+            self.core.series.transactions.inc();
+            self.core.check_in(entry, Instant::now());
+        }
+    }
+
     /// Puts a connection that was opened for a client who left before receiving it on the
     /// idle list (it is fresh: nothing to reset).
     pub(crate) fn park(mut self) {

@@ -78,6 +78,15 @@ impl EncodeLabelValue for CloseReason {
     }
 }
 
+/// Labels of a pinned client (transaction mode).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PinLabels {
+    /// Target name.
+    pub target: String,
+    /// Why (see `relay::PinReason`).
+    pub reason: &'static str,
+}
+
 /// Labels of a close.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CloseLabels {
@@ -107,7 +116,9 @@ pub struct PoolMetrics {
     login_failures: Family<PoolLabels, Counter>,
     reuses: Family<PoolLabels, Counter>,
     resets: Family<PoolLabels, Counter>,
+    transactions: Family<PoolLabels, Counter>,
     closes: Family<CloseLabels, Counter>,
+    pinned: Family<PinLabels, Counter>,
 }
 
 impl Default for PoolMetrics {
@@ -122,7 +133,9 @@ impl Default for PoolMetrics {
             login_failures: Family::default(),
             reuses: Family::default(),
             resets: Family::default(),
+            transactions: Family::default(),
             closes: Family::default(),
+            pinned: Family::default(),
         }
     }
 }
@@ -140,6 +153,7 @@ pub(crate) struct PoolSeries {
     pub login_failures: Counter,
     pub reuses: Counter,
     pub resets: Counter,
+    pub transactions: Counter,
     closes: Family<CloseLabels, Counter>,
     labels: PoolLabels,
 }
@@ -175,6 +189,7 @@ impl PoolMetrics {
         let login_failures = self.login_failures.get_or_create(&labels).clone();
         let reuses = self.reuses.get_or_create(&labels).clone();
         let resets = self.resets.get_or_create(&labels).clone();
+        let transactions = self.transactions.get_or_create(&labels).clone();
         PoolSeries {
             active,
             idle,
@@ -185,6 +200,7 @@ impl PoolMetrics {
             login_failures,
             reuses,
             resets,
+            transactions,
             closes: self.closes.clone(),
             labels,
         }
@@ -202,6 +218,7 @@ impl PoolMetrics {
         self.login_failures.remove(labels);
         self.reuses.remove(labels);
         self.resets.remove(labels);
+        self.transactions.remove(labels);
         for reason in CloseReason::ALL {
             self.closes.remove(&CloseLabels {
                 target: labels.target.clone(),
@@ -210,6 +227,14 @@ impl PoolMetrics {
                 reason,
             });
         }
+    }
+
+    /// Counts a client of `target` pinned to its server connection for `reason`.
+    pub fn pinned(&self, target: &str, reason: &'static str) {
+        let target = target.to_owned();
+        self.pinned
+            .get_or_create(&PinLabels { target, reason })
+            .inc();
     }
 
     /// Registers the families (names under the registry's prefix; counters get `_total`).
@@ -265,6 +290,11 @@ impl PoolMetrics {
                 "Reset server connections checked back in",
                 &self.resets,
             ),
+            (
+                "pool_transactions",
+                "Transactions (transaction mode) after which the server connection went back",
+                &self.transactions,
+            ),
         ];
         for (name, help, family) in counters {
             r.register(name, help, family.clone());
@@ -273,6 +303,11 @@ impl PoolMetrics {
             "pool_server_closes",
             "Server connections closed by the pool, by reason",
             self.closes.clone(),
+        );
+        r.register(
+            "pool_pinned_clients",
+            "Clients pinned to their server connection in transaction mode, by reason",
+            self.pinned.clone(),
         );
     }
 }

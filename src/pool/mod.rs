@@ -191,6 +191,16 @@ impl<C: Connector> Pools<C> {
         lock(&self.pools).get(key).map(|core| core.stats())
     }
 
+    /// The pool metric families.
+    pub fn metrics(&self) -> &PoolMetrics {
+        &self.metrics
+    }
+
+    /// The target's name (the metrics label).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
     /// How many pools exist.
     pub fn len(&self) -> usize {
         lock(&self.pools).len()

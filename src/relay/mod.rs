@@ -22,6 +22,7 @@
 
 mod frames;
 mod goodbye;
+pub mod pin;
 mod pipe;
 mod splice;
 #[cfg(test)]
@@ -32,7 +33,8 @@ mod track;
 
 pub use frames::Frames;
 pub use goodbye::{FINISH_MESSAGE, GOODBYE};
-pub use splice::{splice, splice_with};
+pub use pin::PinReason;
+pub use splice::{splice, splice_transaction, splice_with};
 
 /// What the relay follows beyond bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -93,6 +95,10 @@ pub enum Ended {
         /// The client sent Terminate (rather than just closing).
         terminate: bool,
     },
+    /// [`splice_transaction`]: the server connection became provably idle outside a
+    /// transaction block with the client still there; unless [`Outcome::pinned`], it may go
+    /// back to the pool as it is.
+    Returned,
 }
 
 /// How a splice ended and what it moved.
@@ -113,4 +119,6 @@ pub struct Outcome {
     /// ReadyForQuery, nothing sent since, the last status 'I'), so it may be reset and
     /// reused. False means close it.
     pub server_idle: bool,
+    /// [`splice_transaction`]: why the client was pinned to its server connection, if it was.
+    pub pinned: Option<PinReason>,
 }

@@ -10,6 +10,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::frames::Frames;
+use super::pin::PinScan;
 use super::track::{ClientWatch, ServerWatch};
 use super::Meter;
 
@@ -33,6 +34,8 @@ pub(super) struct Pipe {
     pub frames: Frames,
     /// What is watched beyond boundaries.
     pub track: Track,
+    /// Transaction mode ([`Track::Client`] only): the client's SQL scanned for what pins it.
+    pub scan: Option<PinScan>,
 }
 
 /// What a direction watches beyond message boundaries.
@@ -52,6 +55,14 @@ impl Pipe {
     /// Read bytes not written yet.
     pub fn pending(&self) -> usize {
         self.buf.len() - self.pos
+    }
+
+    /// Takes `bytes` (already read from the client, [`Track::Client`]) as if just read.
+    pub fn preload(&mut self, bytes: &[u8]) {
+        self.buf.clear();
+        self.buf.extend_from_slice(bytes);
+        self.pos = 0;
+        self.watch_read();
     }
 
     /// Copies until the reader has nothing more for now (`Pending`, buffer released) or has
@@ -165,14 +176,23 @@ impl Pipe {
         // SAFETY: `ReadBuf` guarantees the first `n` bytes were initialised.
         unsafe { self.buf.set_len(n) };
         self.eof = n == 0;
+        self.watch_read();
+        Poll::Ready(Ok(()))
+    }
+
+    /// [`Track::Client`]: follows the bytes just read; Terminate is cut off with all after
+    /// it, and ends the reading.
+    fn watch_read(&mut self) {
         if let Track::Client(watch) = &mut self.track {
             let kept = self.frames.follow(&self.buf, watch);
-            if kept < n {
+            if kept < self.buf.len() {
                 // Terminate: the session ends in front of it; nothing after it counts.
                 self.buf.truncate(kept);
                 self.eof = true;
             }
+            if let Some(scan) = &mut self.scan {
+                scan.feed(&self.buf);
+            }
         }
-        Poll::Ready(Ok(()))
     }
 }

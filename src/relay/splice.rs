@@ -56,8 +56,50 @@ where
         up.track = Track::Client(Default::default());
         down.track = Track::Server(Default::default());
     }
+    finish(client, upstream, up, down, cut, idle, meters).await
+}
+
+/// Transaction pooling: [`splice_with`] in [`Mode::Pooled`] from `early` (what the client
+/// sent before the server connection was assigned), scanning the client's SQL for what pins
+/// it ([`super::pin`]), that also ends with [`Ended::Returned`] as soon as the server
+/// connection is provably idle outside a transaction block. [`Outcome::pinned`] says whether
+/// (and why) the client must keep the connection: the caller then goes on with
+/// [`splice_with`] in [`Mode::Pooled`] (both sides stand settled, as after a greeting).
+pub async fn splice_transaction<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    early: &[u8],
+    cut: CancellationToken,
+    idle: Option<Duration>,
+    meters: Meters<'_>,
+) -> Outcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut up, mut down) = (Pipe::default(), Pipe::default());
+    up.track = Track::Client(Default::default());
+    down.track = Track::Server(Default::default());
+    up.scan = Some(Default::default());
+    up.preload(early);
+    finish(client, upstream, up, down, cut, idle, meters).await
+}
+
+async fn finish<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    mut up: Pipe,
+    mut down: Pipe,
+    cut: CancellationToken,
+    idle: Option<Duration>,
+    meters: Meters<'_>,
+) -> Outcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
     let mut ended = relay(client, upstream, &mut up, &mut down, cut, idle, meters).await;
-    let mut server_idle = false;
+    let mut server_idle = ended == Ended::Returned;
     if let (Track::Client(c), Track::Server(s)) = (&up.track, &down.track) {
         if ended == (Ended::Closed { client_first: true }) && !down.done {
             ended = Ended::Released {
@@ -69,22 +111,38 @@ where
     }
     let told = match ended {
         Ended::Cut | Ended::Idle => goodbye(client, upstream, &up, &mut down, ended, meters).await,
-        Ended::Closed { .. } | Ended::Failed | Ended::Released { .. } => false,
+        Ended::Closed { .. } | Ended::Failed | Ended::Released { .. } | Ended::Returned => false,
     };
-    tracing::debug!(
-        to_server = up.bytes,
-        to_client = down.bytes,
-        ?ended,
-        told,
-        server_idle,
-        "session closed"
-    );
+    let pinned = up.scan.as_ref().and_then(|s| s.pinned);
+    if ended != Ended::Returned {
+        tracing::debug!(
+            to_server = up.bytes,
+            to_client = down.bytes,
+            ?ended,
+            told,
+            server_idle,
+            "session closed"
+        );
+    }
     Outcome {
         ended,
         to_server: up.bytes,
         to_client: down.bytes,
         told,
         server_idle,
+        pinned,
+    }
+}
+
+/// Transaction mode: the server connection is provably idle outside a transaction block
+/// (nothing read and unwritten either way).
+fn transaction_over(up: &Pipe, down: &Pipe) -> bool {
+    if up.scan.is_none() || up.eof {
+        return false;
+    }
+    match (&up.track, &down.track) {
+        (Track::Client(c), Track::Server(s)) => track::idle(side(up, c), side(down, s)),
+        _ => false,
     }
 }
 
@@ -130,7 +188,10 @@ where
             }
         }
         if up.done && (down.done || client_ends) {
-            return Poll::Ready(Ok::<_, io::Error>(()));
+            return Poll::Ready(Ok::<_, io::Error>(false));
+        }
+        if transaction_over(up, down) {
+            return Poll::Ready(Ok(true));
         }
         if let Some((limit, timer)) = idle_timer.as_mut() {
             let total = up.bytes + down.bytes;
@@ -148,7 +209,8 @@ where
         biased; // once cut, relay no more
         () = cut.cancelled() => Ended::Cut,
         result = copy => match result {
-            Ok(()) => Ended::Closed { client_first: client_first.unwrap_or(true) },
+            Ok(true) => Ended::Returned,
+            Ok(false) => Ended::Closed { client_first: client_first.unwrap_or(true) },
             Err(e) if e.kind() == io::ErrorKind::TimedOut => Ended::Idle,
             Err(e) => {
                 tracing::debug!(error = %e, "session ended with an I/O error");

@@ -2,13 +2,14 @@
 //! server connection -> greet (client) -> relay -> release. Every failure reaches the client
 //! as an ErrorResponse. The server connection is either a login of the client's own
 //! ([`direct`], pool mode `none`, replication connections) or lent by the target's pool
-//! ([`pooled`], session mode).
+//! ([`pooled`], session mode; [`txn`], transaction mode: a connection per transaction).
 
 mod direct;
 mod front;
 
 use front::Transport;
 mod pooled;
+mod txn;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{self, Tally, Traffic};
 use crate::client::{self, Hello, StartupInfo};
+use crate::config::PoolMode;
 use crate::frontend::peer::{Identity, PeerAddr};
 use crate::frontend::tls::common_name;
 use crate::relay;
@@ -96,10 +98,13 @@ async fn session<S>(
     // Boxed: an idle connection's task holds only the branch it took, not the larger of both.
     match &ctx.pooling {
         Some(pooling) if pooled::poolable(&info) => {
-            Box::pin(pooled::session(
-                ctx, pooling, client, user, info, cut, &traffic,
-            ))
-            .await
+            if pooling.config.mode == PoolMode::Transaction {
+                let txn = txn::session(ctx, pooling, client, user, info, cut, &traffic);
+                Box::pin(txn).await
+            } else {
+                let pooled = pooled::session(ctx, pooling, client, user, info, cut, &traffic);
+                Box::pin(pooled).await
+            }
         }
         _ => {
             Box::pin(direct::session(

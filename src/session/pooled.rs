@@ -127,17 +127,8 @@ where
             return Lend::Answered;
         }
         Some(Ok(lent)) => lent,
-        Some(Err(PoolError::Open(failure))) => {
-            refuse(ctx, client, failure).await;
-            return Lend::Answered;
-        }
         Some(Err(e)) => {
-            let reason = if matches!(e, PoolError::Timeout { .. }) {
-                "pool_timeout"
-            } else {
-                "shutdown"
-            };
-            refuse(ctx, client, Failure::Client(e.to_client(), reason)).await;
+            refuse(ctx, client, checkout_failure(e)).await;
             return Lend::Answered;
         }
     };
@@ -176,6 +167,21 @@ struct Rest<'a> {
     cut: CancellationToken,
     /// The session's byte counts.
     traffic: &'a Traffic,
+}
+
+/// Why a checkout gave no connection, as the client is told.
+pub(super) fn checkout_failure(e: PoolError<Failure>) -> Failure {
+    match e {
+        PoolError::Open(failure) => failure,
+        e => {
+            let reason = if matches!(e, PoolError::Timeout { .. }) {
+                "pool_timeout"
+            } else {
+                "shutdown"
+            };
+            Failure::Client(e.to_client(), reason)
+        }
+    }
 }
 
 /// Greets the client on the lent connection, relays, and releases the connection.
@@ -240,7 +246,7 @@ async fn serve<S>(
 
 /// Resets the connection and returns it to its pool when `idle`; closes it otherwise or when
 /// the reset fails.
-async fn release(mut lent: Checkout<PooledServer>, idle: bool, reset_query: &str) {
+pub(super) async fn release(mut lent: Checkout<PooledServer>, idle: bool, reset_query: &str) {
     if !idle {
         return lent.check_in(false);
     }
@@ -263,7 +269,7 @@ const SET_AFTER_LOGIN: &[&str] = &["application_name"];
 
 /// The pool key (user, database and the startup parameters a login must carry, sorted) and
 /// the parameters to apply on whichever connection the pool lends.
-fn split(user: String, info: &StartupInfo) -> (PoolKey, Vec<(String, String)>) {
+pub(super) fn split(user: String, info: &StartupInfo) -> (PoolKey, Vec<(String, String)>) {
     let (mut startup, settable): (Vec<_>, Vec<_>) = info
         .params
         .iter()

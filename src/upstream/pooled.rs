@@ -32,6 +32,31 @@ pub struct PooledServer {
     pub baseline: ServerParams,
     /// The server's cancel key, shared with the cancel map while a client holds it.
     pub key: Arc<BackendKeyData>,
+    /// Transaction mode: the values set with `set_config` since login (no reset runs
+    /// between transactions), which override `baseline`.
+    pub since_login: ServerParams,
+}
+
+impl PooledServer {
+    /// Whether the session's value of any of `params` differs from the one given.
+    pub fn differs(&self, params: &[(String, String)]) -> bool {
+        params.iter().any(|(name, value)| {
+            let now = self
+                .since_login
+                .get(name)
+                .or_else(|| self.baseline.get(name));
+            now != Some(value.as_str())
+        })
+    }
+
+    /// The values the session has now: `baseline` with `since_login` applied.
+    pub fn current(&self) -> ServerParams {
+        let mut now = self.baseline.clone();
+        for (name, value) in self.since_login.iter() {
+            now.set(name.to_owned(), value.to_owned());
+        }
+        now
+    }
 }
 
 impl Conn for PooledServer {
@@ -117,6 +142,7 @@ impl Connector for ServerConnector {
                 conn,
                 baseline,
                 key,
+                since_login: ServerParams::default(),
             })
         }
     }

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Transaction pooling side by side (issue #14): many clients over few server connections,
+pg-iam-proxy --pool-mode transaction against PgBouncer 1.18 in transaction mode, on the local
+stand-in, in one run with interleaved rounds (the start order rotating every round).
+
+    python3 benches/txn_compare.py [--rounds 3] [--seconds 10] [--clients 500] [--servers 16]
+                                   [--idle 1000] [--bin target/release/pg-iam-proxy]
+
+Figures: (a) pgbench -n -S (simple protocol) -c CLIENTS -j 2 -T SECONDS through each, both with
+SERVERS server connections; prints the median tps of each and the median of the per-round
+ratios proxy / PgBouncer (target >= 1.0x). Reuses benches/pool_compare.py's helpers (stand-in,
+PgBouncer, data, pgbench); PgBouncer logs in as the stand-in's password user, the proxy as the
+IAM user. (b) memory of idle clients: the RSS delta of a fresh transaction-mode proxy over
+IDLE idle clients (psycopg in autocommit mode, each has run `SELECT 1`), total and per client.
+"""
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pool_compare as pc  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--clients", type=int, default=500)
+    ap.add_argument("--servers", type=int, default=16)
+    ap.add_argument("--scale", type=int, default=10)
+    ap.add_argument("--idle", type=int, default=1000, help="idle clients for (b); 0 skips it")
+    ap.add_argument("--bin", help="the proxy binary (default: target/release/pg-iam-proxy, built if stale)")
+    args = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8 * args.clients + 1024)), hard))
+    binary = pc.ensure_proxy(args)
+    bouncer_bin = pc.ensure_pgbouncer()
+    workdir = tempfile.mkdtemp(prefix="txn-compare-")
+    os.chmod(workdir, 0o755)
+    standin, info = pc.start_standin()
+    procs = []
+    try:
+        pc.prepare_data(info, args.scale)
+        bouncer, bouncer_port = pc.start_pgbouncer(bouncer_bin, info, os.path.join(workdir, "run"),
+                                                   args.servers, args.clients + 100, mode="transaction")
+        procs.append(bouncer)
+        flags = ["--pool-mode", "transaction", "--pool-size", str(args.servers)]
+        proxy, proxy_port = pc.start_proxy(binary, info, flags)
+        procs.append(proxy)
+        plain_env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+        plain_env["PGSSLMODE"] = "disable"
+        contenders = [
+            dict(name="pgbouncer", host="127.0.0.1", port=bouncer_port, user=info["plain_user"], env=plain_env),
+            dict(name="proxy-transaction", host="127.0.0.1", port=proxy_port, user=info["iam_user"],
+                 env=plain_env),
+        ]
+        title = f"{args.clients} clients over {args.servers} server connections"
+        tps, logins = pc.interleaved(args, contenders, info, title, [], args.clients)
+        ratios = [p / b for p, b in zip(tps["proxy-transaction"], tps["pgbouncer"])]
+        for name, values in tps.items():
+            print(f"  {name}: median {statistics.median(values):.0f} tps ({', '.join(f'{v:.0f}' for v in values)})")
+        print(f"  proxy / PgBouncer: {statistics.median(ratios):.2f}x (median of per-round ratios; "
+              f"target >= 1.0x); proxy IAM logins in all rounds: {logins['proxy-transaction']}")
+        for p in procs:
+            p.terminate()
+            p.wait()
+        procs = []
+        if args.idle:
+            print(f"\n(b) {args.idle} idle clients on a fresh proxy (pool size {args.servers})", flush=True)
+            proc, port = pc.start_proxy(binary, info, flags)
+            procs.append(proc)
+            per = pc.idle_memory("proxy-transaction", proc.pid, port, info["iam_user"], args.idle,
+                                 autocommit=True)  # else each holds its server connection
+            print(f"  {per * args.idle / 1024:.1f} MiB for {args.idle} idle clients "
+                  f"({per * 10000 / 1024:.0f} MiB at 10,000 at this rate; target <= 200 MiB)")
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait()
+        standin.stdin.close()
+        standin.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+//! Transaction mode: what a client sends that cannot be shared between clients, found by
+//! light keyword scanning of the SQL text of Query (`Q`) and Parse (`P`) messages, so the
+//! client can be pinned to its server connection for the rest of its session.
+//!
+//! The rule, per statement (the text is split at `;` outside quotes, comments skipped at
+//! the start of each statement, keywords compared case-insensitively):
+//! - `SET` (not `SET LOCAL`, not `SET TRANSACTION`), `RESET` -> [`PinReason::Set`]
+//! - `LISTEN` -> [`PinReason::Listen`]
+//! - `DECLARE ... WITH HOLD` -> [`PinReason::CursorWithHold`]
+//! - `CREATE [GLOBAL|LOCAL] TEMP|TEMPORARY ...` -> [`PinReason::TempTable`]
+//! - `PREPARE`, `DEALLOCATE` -> [`PinReason::Prepare`]
+//! - `pg_advisory_lock` / `pg_try_advisory_lock` (and their `_shared` forms) anywhere in the
+//!   text -> [`PinReason::AdvisoryLock`] (the `_xact_` forms end with the transaction)
+//! - `set_config` anywhere in the text (whatever its third argument) -> [`PinReason::Set`]
+//! - a Parse with a non-empty statement name -> [`PinReason::NamedStatement`]
+//!
+//! Limits (not pinned; document them): session state changed by other means, e.g. a
+//! function or `DO` block that runs `SET`, `LISTEN` or `CREATE TEMP` inside,
+//! `SELECT ... INTO TEMP`; and only the first [`SCAN_LIMIT`] bytes of a message are scanned.
+
+/// Bytes of one message's text that are scanned.
+pub const SCAN_LIMIT: usize = 64 * 1024;
+
+/// Why a client was pinned to its server connection (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PinReason {
+    /// Session-level `SET` or `RESET`.
+    Set,
+    /// `LISTEN`.
+    Listen,
+    /// A session advisory lock.
+    AdvisoryLock,
+    /// `DECLARE ... WITH HOLD`.
+    CursorWithHold,
+    /// `CREATE TEMP ...`.
+    TempTable,
+    /// `PREPARE` / `DEALLOCATE` in SQL.
+    Prepare,
+    /// A protocol-level named prepared statement.
+    NamedStatement,
+}
+
+impl PinReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Set => "set",
+            Self::Listen => "listen",
+            Self::AdvisoryLock => "advisory_lock",
+            Self::CursorWithHold => "cursor_with_hold",
+            Self::TempTable => "temp_table",
+            Self::Prepare => "prepare",
+            Self::NamedStatement => "named_statement",
+        }
+    }
+}
+
+/// Follows the client's messages by their headers and collects the bodies of Query and
+/// Parse (up to [`SCAN_LIMIT`]) to scan them; remembers the first reason found.
+#[derive(Debug, Default)]
+pub struct PinScan {
+    header: [u8; 5],
+    header_len: u8,
+    body_left: usize,
+    /// The body of the Query / Parse in flight, if one is.
+    text: Option<Vec<u8>>,
+    /// The first reason found.
+    pub pinned: Option<PinReason>,
+}
+
+impl PinScan {
+    /// Follows `bytes`, the next bytes the client sent.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.header_len < 5 {
+                let take = (5 - usize::from(self.header_len)).min(bytes.len());
+                let at = usize::from(self.header_len);
+                self.header[at..at + take].copy_from_slice(&bytes[..take]);
+                self.header_len += take as u8;
+                bytes = &bytes[take..];
+                if self.header_len == 5 {
+                    self.start();
+                }
+                continue;
+            }
+            let take = self.body_left.min(bytes.len());
+            if let Some(text) = &mut self.text {
+                let room = SCAN_LIMIT.saturating_sub(text.len()).min(take);
+                text.extend_from_slice(&bytes[..room]);
+            }
+            self.body_left -= take;
+            bytes = &bytes[take..];
+            if self.body_left == 0 {
+                self.end();
+            }
+        }
+    }
+
+    fn start(&mut self) {
+        let h = self.header;
+        let length = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
+        self.body_left = length.saturating_sub(4) as usize;
+        let scanned = self.pinned.is_none() && matches!(h[0], b'Q' | b'P');
+        self.text = scanned.then(Vec::new);
+        if self.body_left == 0 {
+            self.end();
+        }
+    }
+
+    fn end(&mut self) {
+        self.header_len = 0;
+        let Some(text) = self.text.take() else {
+            return;
+        };
+        self.pinned = match self.header[0] {
+            b'P' => {
+                let name_end = text.iter().position(|b| *b == 0).unwrap_or(text.len());
+                if name_end > 0 {
+                    Some(PinReason::NamedStatement)
+                } else {
+                    scan_sql(text.get(name_end + 1..).unwrap_or_default())
+                }
+            }
+            _ => scan_sql(&text),
+        };
+    }
+}
+
+/// The first reason in `sql` (bytes up to the first NUL) to pin its client.
+pub fn scan_sql(sql: &[u8]) -> Option<PinReason> {
+    let sql = sql.split(|b| *b == 0).next().unwrap_or_default();
+    let lower = String::from_utf8_lossy(sql).to_ascii_lowercase();
+    if lower.contains("pg_advisory_lock") || lower.contains("pg_try_advisory_lock") {
+        return Some(PinReason::AdvisoryLock);
+    }
+    if lower.contains("set_config") {
+        return Some(PinReason::Set);
+    }
+    let found = statements(&lower).find_map(classify);
+    found
+}
+
+/// The statement's reason, from its leading words.
+fn classify(statement: &str) -> Option<PinReason> {
+    let mut words = statement
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty());
+    let first = words.next()?;
+    let second = words.next().unwrap_or_default();
+    match first {
+        "set" if !matches!(second, "local" | "transaction") => Some(PinReason::Set),
+        "reset" => Some(PinReason::Set),
+        "listen" => Some(PinReason::Listen),
+        "prepare" | "deallocate" => Some(PinReason::Prepare),
+        "declare" if statement.contains("with hold") => Some(PinReason::CursorWithHold),
+        "create" => {
+            let third = words.next().unwrap_or_default();
+            let temp = |w: &str| matches!(w, "temp" | "temporary");
+            let scoped = matches!(second, "global" | "local") && temp(third);
+            (temp(second) || scoped).then_some(PinReason::TempTable)
+        }
+        _ => None,
+    }
+}
+
+/// The statements of `sql` (split at `;` outside quotes and comments), each with its
+/// leading comments and whitespace removed.
+fn statements(sql: &str) -> impl Iterator<Item = &str> {
+    let bytes = sql.as_bytes();
+    let mut parts = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' | b'"' => i = skip_past(bytes, i + 1, &bytes[i..i + 1]),
+            b'-' if bytes.get(i + 1) == Some(&b'-') => i = skip_past(bytes, i, b"\n"),
+            b'/' if bytes.get(i + 1) == Some(&b'*') => i = skip_past(bytes, i + 2, b"*/"),
+            b'$' if bytes.get(i + 1) == Some(&b'$') => i = skip_past(bytes, i + 2, b"$$"),
+            b';' => {
+                parts.push(&sql[start..i]);
+                start = i + 1;
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    parts.push(&sql[start..]);
+    parts.into_iter().map(strip_leading)
+}
+
+/// The index after the next `end` at or after `from` (the end of `bytes` if none).
+fn skip_past(bytes: &[u8], from: usize, end: &[u8]) -> usize {
+    bytes
+        .get(from..)
+        .and_then(|rest| rest.windows(end.len()).position(|w| w == end))
+        .map_or(bytes.len(), |at| from + at + end.len())
+}
+
+/// `s` without leading whitespace, parentheses and comments.
+fn strip_leading(mut s: &str) -> &str {
+    loop {
+        s = s.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
+        if let Some(rest) = s.strip_prefix("--") {
+            s = rest.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(rest) = s.strip_prefix("/*") {
+            s = rest.split_once("*/").map_or("", |(_, after)| after);
+        } else {
+            return s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pin(sql: &str) -> Option<PinReason> {
+        scan_sql(sql.as_bytes())
+    }
+
+    #[test]
+    fn the_rule_per_statement() {
+        use PinReason::*;
+        for (sql, want) in [
+            ("SET search_path = a", Some(Set)),
+            ("set session timezone to 'UTC'", Some(Set)),
+            ("SET LOCAL work_mem = '1MB'", None),
+            ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", None),
+            ("RESET ALL", Some(Set)),
+            (
+                "SELECT pg_catalog.set_config('search_path', ' ', false)",
+                Some(Set),
+            ),
+            ("select 1; /* c */ listen chan", Some(Listen)),
+            ("SELECT pg_advisory_lock(1)", Some(AdvisoryLock)),
+            ("SELECT pg_try_advisory_lock_shared(1)", Some(AdvisoryLock)),
+            ("SELECT pg_advisory_xact_lock(1)", None),
+            (
+                "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+                Some(CursorWithHold),
+            ),
+            ("DECLARE c CURSOR FOR SELECT 1", None),
+            ("create temp table t (a int)", Some(TempTable)),
+            ("CREATE GLOBAL TEMPORARY TABLE t (a int)", Some(TempTable)),
+            ("CREATE TABLE temp (a int)", None),
+            ("-- x\nPREPARE p AS SELECT 1", Some(Prepare)),
+            ("DEALLOCATE ALL", Some(Prepare)),
+            ("SELECT 'set x; listen y'", None),
+            ("SELECT 1 -- ; set x = 1", None),
+            ("BEGIN; UPDATE t SET a = 1; COMMIT", None),
+        ] {
+            assert_eq!(pin(sql), want, "{sql}");
+        }
+    }
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    #[test]
+    fn messages_are_followed_across_chunks() {
+        let mut stream = message(b'P', b"\0SELECT 1\0\0\0");
+        stream.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+        stream.extend(message(b'S', b""));
+        stream.extend(message(b'Q', b"SET x = 1\0"));
+        for split in 0..stream.len() {
+            let mut scan = PinScan::default();
+            scan.feed(&stream[..split]);
+            assert_eq!(scan.pinned, None, "{split}");
+            scan.feed(&stream[split..]);
+            assert_eq!(scan.pinned, Some(PinReason::Set), "{split}");
+        }
+        let mut scan = PinScan::default();
+        scan.feed(&message(b'P', b"s1\0SELECT 1\0\0\0"));
+        assert_eq!(scan.pinned, Some(PinReason::NamedStatement));
+    }
+}

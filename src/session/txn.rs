@@ -1,0 +1,288 @@
+//! Transaction pooling: the client is greeted without a server connection (the pool's
+//! baseline ParameterStatus values and a cancel key of ours), and holds one only from its
+//! first message of a transaction (or a lone statement) until the server's ReadyForQuery
+//! says idle with everything answered; the connection then goes back to the pool as it is
+//! (no reset between transactions). The client's `application_name` is set on the
+//! connection it is lent when the connection's value differs. A client that does what
+//! cannot be shared ([`crate::relay::pin`]) keeps its connection for the rest of its
+//! session, which then ends as a session-mode one does (reset, or closed).
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::pooled::{checkout_failure, release, split};
+use super::{meters, or_cut, refuse, tallies};
+use crate::audit::Traffic;
+use crate::cancel::{CancelTarget, ClientCancel};
+use crate::client::{self, StartupInfo};
+use crate::error::{sqlstate, ClientError};
+use crate::pool::{Checkout, CloseReason, PoolKey};
+use crate::relay::{self, Ended, Mode};
+use crate::target::{Pooling, TargetContext};
+use crate::upstream::params::{self, ServerParams};
+use crate::upstream::pooled::{PooledServer, ServerConnector};
+use crate::wire;
+
+/// A client's settings for its transactions.
+struct Client<'a> {
+    ctx: &'a TargetContext,
+    pooling: &'a Pooling,
+    key: PoolKey,
+    connector: ServerConnector,
+    /// Startup parameters set on whichever connection it is lent (`application_name`).
+    settable: Vec<(String, String)>,
+    cancel: ClientCancel,
+    cut: CancellationToken,
+    /// The session's byte counts (audit).
+    traffic: &'a Traffic,
+}
+
+/// Serves the client, lending it a server connection of `user`'s pool per transaction.
+pub(super) async fn session<S>(
+    ctx: &TargetContext,
+    pooling: &Pooling,
+    mut client: S,
+    user: String,
+    info: StartupInfo,
+    cut: CancellationToken,
+    traffic: &Traffic,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (key, settable) = split(user, &info);
+    drop(info);
+    let connector = pooling.connector.for_client(&settable);
+    let Some(mut shown) = baseline(ctx, pooling, &key, &connector, &mut client, &cut).await else {
+        return;
+    };
+    for (name, value) in &settable {
+        shown.set(name.clone(), value.clone());
+    }
+    let cancel = ctx.cancels.register_client();
+    let (pid, secret) = cancel.key();
+    let greeting = match params::encode_greeting(&shown, pid, secret) {
+        Ok(greeting) => greeting,
+        Err(e) => {
+            let e = ClientError::new(sqlstate::PROTOCOL_VIOLATION, format!("pg-iam-proxy: {e}"));
+            return client::reject(&mut client, &e).await;
+        }
+    };
+    drop(shown);
+    if wire::send(&mut client, &greeting).await.is_err() {
+        return tracing::debug!("client left before the greeting");
+    }
+    drop(greeting);
+    let me = Client {
+        ctx,
+        pooling,
+        key,
+        connector,
+        settable,
+        cancel,
+        cut,
+        traffic,
+    };
+    me.serve(&mut client).await;
+}
+
+/// The pool's baseline ParameterStatus values: kept from its first login; a checkout (and
+/// at once a check-in) gets them for a pool that has none. `None`: the client was told why.
+async fn baseline<S>(
+    ctx: &TargetContext,
+    pooling: &Pooling,
+    key: &PoolKey,
+    connector: &ServerConnector,
+    client: &mut S,
+    cut: &CancellationToken,
+) -> Option<ServerParams>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let known = |k: &PoolKey| lock(pooling).get(k).cloned();
+    if let Some(baseline) = known(key) {
+        return Some(baseline);
+    }
+    let checkout = Box::pin(pooling.pools.checkout(key.clone(), connector));
+    let mut lent = match or_cut(cut, checkout).await {
+        None => {
+            client::reject(client, &ClientError::admin_shutdown()).await;
+            return None;
+        }
+        Some(Ok(lent)) => lent,
+        Some(Err(e)) => {
+            refuse(ctx, client, checkout_failure(e)).await;
+            return None;
+        }
+    };
+    let baseline = lent.conn_mut().baseline.clone();
+    lent.park();
+    lock(pooling).insert(key.clone(), baseline.clone());
+    Some(baseline)
+}
+
+fn lock(
+    pooling: &Pooling,
+) -> std::sync::MutexGuard<'_, std::collections::HashMap<PoolKey, ServerParams>> {
+    pooling
+        .baselines
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What the client did while it held no server connection.
+enum Waited {
+    /// It sent these bytes: a transaction starts.
+    Sent(Vec<u8>),
+    /// It left (closed, or sent Terminate first).
+    Left,
+    /// The proxy's shutdown drain ended.
+    Cut,
+    /// Nothing for the idle timeout.
+    Idle,
+}
+
+impl Client<'_> {
+    /// Transaction after transaction until the client leaves or is pinned and done.
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(self, client: &mut S) {
+        loop {
+            let early = match self.wait(client).await {
+                Waited::Sent(early) => early,
+                Waited::Left => break,
+                Waited::Cut => {
+                    client::reject(client, &ClientError::admin_shutdown()).await;
+                    break;
+                }
+                Waited::Idle => {
+                    tracing::info!(timeout = ?self.ctx.settings.idle_timeout, "idle session closed");
+                    client::reject(client, &ClientError::idle_session_timeout()).await;
+                    break;
+                }
+            };
+            let Some(lent) = self.lend(client).await else {
+                break;
+            };
+            if !self.transaction(client, lent, &early).await {
+                break;
+            }
+        }
+        self.cancel.release().await;
+    }
+
+    /// Waits for the client's next bytes, at most the idle timeout.
+    async fn wait<S: AsyncRead + Unpin>(&self, client: &mut S) -> Waited {
+        let mut buf = Vec::with_capacity(8 * 1024);
+        let read = client.read_buf(&mut buf);
+        let limited = async {
+            match self.ctx.settings.idle_timeout {
+                Some(limit) => tokio::time::timeout(limit, read).await.ok(),
+                None => Some(read.await),
+            }
+        };
+        match or_cut(&self.cut, limited).await {
+            None => Waited::Cut,
+            Some(None) => Waited::Idle,
+            Some(Some(Ok(n))) if n > 0 && buf[0] != b'X' => Waited::Sent(buf),
+            Some(Some(_)) => Waited::Left,
+        }
+    }
+
+    /// A server connection for the next transaction, with the client's settable parameters
+    /// applied; `None` when there is none (the client was told why).
+    async fn lend<S>(&self, client: &mut S) -> Option<Checkout<PooledServer>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let checkout = Box::pin(
+            self.pooling
+                .pools
+                .checkout(self.key.clone(), &self.connector),
+        );
+        let mut lent = match or_cut(&self.cut, checkout).await {
+            None => {
+                client::reject(client, &ClientError::admin_shutdown()).await;
+                return None;
+            }
+            Some(Ok(lent)) => lent,
+            Some(Err(e)) => {
+                refuse(self.ctx, client, checkout_failure(e)).await;
+                return None;
+            }
+        };
+        let server = lent.conn_mut();
+        if !server.differs(&self.settable) {
+            return Some(lent);
+        }
+        let current = server.current();
+        let limit = self.ctx.settings.connect_timeout;
+        let applied = params::apply(&mut server.conn.stream, &self.settable, &current, limit);
+        match applied.await {
+            Ok(_) => {
+                for (name, value) in &self.settable {
+                    server.since_login.set(name.clone(), value.clone());
+                }
+                Some(lent)
+            }
+            Err(e) => {
+                lent.close(CloseReason::Broken);
+                let msg = format!("pg-iam-proxy: {e}");
+                client::reject(client, &ClientError::new(sqlstate::CONNECTION_FAILURE, msg)).await;
+                None
+            }
+        }
+    }
+
+    /// Relays one transaction on `lent`, starting with `early`; true if the connection went
+    /// back and the client is still there for the next one.
+    async fn transaction<S>(
+        &self,
+        client: &mut S,
+        mut lent: Checkout<PooledServer>,
+        early: &[u8],
+    ) -> bool
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let server = lent.conn_mut();
+        self.cancel.assign(CancelTarget {
+            endpoint: server.conn.endpoint.clone(),
+            addr: server.conn.addr,
+            key: server.key.clone(),
+        });
+        let stream = &mut server.conn.stream;
+        let idle = self.ctx.settings.idle_timeout;
+        let cut = self.cut.clone();
+        let tallies = tallies(self.ctx, self.traffic);
+        let meters = meters(&tallies);
+        let mut outcome = relay::splice_transaction(client, stream, early, cut, idle, meters).await;
+        match (outcome.ended, outcome.pinned) {
+            (Ended::Returned, None) => {
+                self.cancel.unassign().await;
+                lent.return_idle();
+                return true;
+            }
+            (Ended::Returned, Some(reason)) => {
+                // Settled and idle: the rest of the session is relayed as session mode does.
+                tracing::debug!(
+                    reason = reason.as_str(),
+                    "client pinned to its server connection"
+                );
+                let pools = &self.pooling.pools;
+                pools.metrics().pinned(pools.target(), reason.as_str());
+                let stream = &mut lent.conn_mut().conn.stream;
+                let cut = self.cut.clone();
+                outcome = relay::splice_with(client, stream, cut, idle, meters, Mode::Pooled).await;
+            }
+            _ => {}
+        }
+        if outcome.ended == Ended::Idle {
+            tracing::info!(timeout = ?idle, "idle session closed");
+        }
+        self.cancel.unassign().await;
+        let reusable = matches!(outcome.ended, Ended::Released { .. }) && outcome.server_idle;
+        if !reusable {
+            tracing::debug!(ended = ?outcome.ended, "server connection not provably idle; closed");
+        }
+        release(lent, reusable, &self.pooling.config.reset_query).await;
+        false
+    }
+}

@@ -1,0 +1,406 @@
+//! Transaction pooling against the real stand-in: many clients over two server connections;
+//! a transaction stays on one backend while clients share backends between transactions;
+//! each pin reason keeps its client on its backend; cancel reaches the current transaction
+//! only; a pipeline with an error in the middle gives the connection back; psql and
+//! tokio-postgres's unnamed statements work.
+
+mod support;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::{pg, ProxySpec, StandIn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+async fn txn_proxy(si: &StandIn, size: usize) -> support::Proxy {
+    txn_proxy_http(si, size, None).await
+}
+
+async fn txn_proxy_http(si: &StandIn, size: usize, http: Option<SocketAddr>) -> support::Proxy {
+    let mut spec = ProxySpec::new(si);
+    spec.target.pool_mode = Some(pg_iam_proxy::config::PoolMode::Transaction);
+    spec.target.pool_size = Some(size);
+    spec.proxy.http_addr = http;
+    spec.start().await
+}
+
+/// Waits (bounded) until the proxy's `pool_pinned_clients_total` for `reason` is at least
+/// `want`.
+async fn pinned_count(http: SocketAddr, reason: &str, want: f64) {
+    let label = format!("reason=\"{reason}\"");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = support::http(http, "GET", "/metrics").await;
+        let seen: f64 = body
+            .lines()
+            .filter(|l| {
+                l.starts_with("pg_iam_proxy_pool_pinned_clients_total") && l.contains(&label)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if seen >= want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{reason}: {seen} pinned clients counted, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn connect(si: &StandIn, addr: SocketAddr) -> Client {
+    pg(addr, &si.info.iam_user, &si.info.database)
+        .await
+        .expect("connect through the proxy")
+        .0
+}
+
+async fn one(client: &Client, sql: &str) -> String {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
+async fn pid(client: &Client) -> String {
+    one(client, "SELECT pg_backend_pid()").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_over_two_connections_are_served() {
+    let si = StandIn::shared();
+    let proxy = txn_proxy(si, 2).await;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        clients.push(connect(si, proxy.addr).await);
+    }
+    let runs = clients.into_iter().map(|c| {
+        tokio::spawn(async move {
+            let mut seen = HashSet::new();
+            for i in 0..5 {
+                seen.insert(pid(&c).await);
+                let sum = one(&c, &format!("SELECT {i} + 1")).await;
+                assert_eq!(sum, (i + 1).to_string());
+            }
+            seen
+        })
+    });
+    let mut pids = HashSet::new();
+    for run in runs {
+        pids.extend(run.await.expect("client"));
+    }
+    assert!(
+        pids.len() <= 2,
+        "at most two backends served 20 clients: {pids:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_stays_on_its_backend_and_clients_share_between() {
+    let si = StandIn::shared();
+    let proxy = txn_proxy(si, 2).await;
+    let (a, b) = (connect(si, proxy.addr).await, connect(si, proxy.addr).await);
+    // Both idle between transactions: one backend serves both in turn.
+    assert_eq!(pid(&a).await, pid(&b).await, "shared between transactions");
+
+    a.batch_execute("BEGIN").await.expect("begin");
+    let inside = pid(&a).await;
+    // B's statements meanwhile get the other connection.
+    let other = pid(&b).await;
+    assert_ne!(other, inside, "A's transaction holds its backend");
+    assert_eq!(pid(&a).await, inside, "same backend inside BEGIN..COMMIT");
+    a.batch_execute("COMMIT").await.expect("commit");
+    // Returned: now B (LIFO) gets A's former backend.
+    assert_eq!(pid(&b).await, inside, "given back after COMMIT");
+}
+
+/// A pins itself with `sql`; B then opens a transaction, which would take A's backend (the
+/// most recently used) were it back in the pool; A must still be on its backend.
+async fn pinned_by(si: &StandIn, addr: SocketAddr, sql: &str) -> bool {
+    let (a, b) = (connect(si, addr).await, connect(si, addr).await);
+    a.batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let before = pid(&a).await;
+    b.batch_execute("BEGIN").await.expect("begin");
+    let b_pid = pid(&b).await;
+    let after = pid(&a).await;
+    b.batch_execute("COMMIT").await.expect("commit");
+    assert!(
+        after == before || b_pid == before,
+        "{sql}: a third backend?"
+    );
+    after == before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_pin_reason_pins_and_the_rest_does_not() {
+    let si = StandIn::shared();
+    let http = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let proxy = txn_proxy_http(si, 2, Some(http)).await;
+    for sql in [
+        "SET search_path = public",
+        "SELECT set_config('search_path', 'public', false)",
+        "LISTEN txn_test",
+        "SELECT pg_advisory_lock(77)",
+        "BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT 1; COMMIT",
+        "CREATE TEMP TABLE txn_tmp (a int)",
+        "PREPARE txn_p AS SELECT 1",
+    ] {
+        assert!(pinned_by(si, proxy.addr, sql).await, "{sql} did not pin");
+    }
+    // Counted once the pinning statement's transaction ended.
+    for (reason, want) in [
+        ("set", 2.0),
+        ("listen", 1.0),
+        ("advisory_lock", 1.0),
+        ("cursor_with_hold", 1.0),
+        ("temp_table", 1.0),
+        ("prepare", 1.0),
+    ] {
+        pinned_count(http, reason, want).await;
+    }
+    for sql in ["BEGIN; SET LOCAL work_mem = '2MB'; COMMIT", "SELECT 1"] {
+        assert!(!pinned_by(si, proxy.addr, sql).await, "{sql} pinned");
+    }
+    // A protocol-level named statement (tokio-postgres's prepare) pins; unnamed does not.
+    let (a, b) = (connect(si, proxy.addr).await, connect(si, proxy.addr).await);
+    let typed = a
+        .query_typed(
+            "SELECT $1::int + 1",
+            &[(&1i32, tokio_postgres::types::Type::INT4)],
+        )
+        .await
+        .expect("an unnamed statement");
+    assert_eq!(typed[0].get::<_, i32>(0), 2);
+    let before = pid(&a).await;
+    b.batch_execute("BEGIN").await.expect("begin");
+    assert_ne!(pid(&a).await, before, "unnamed statements do not pin");
+    b.batch_execute("COMMIT").await.expect("commit");
+    let stmt = a.prepare("SELECT pg_backend_pid()").await.expect("prepare");
+    let named: i32 = a.query_one(&stmt, &[]).await.expect("run").get(0);
+    b.batch_execute("BEGIN").await.expect("begin");
+    let again: i32 = a.query_one(&stmt, &[]).await.expect("run again").get(0);
+    assert_eq!(named, again, "a named statement pins its client");
+    b.batch_execute("COMMIT").await.expect("commit");
+    drop(a);
+    pinned_count(http, "named_statement", 1.0).await;
+}
+
+/// A superuser session straight to the stand-in (not through the proxy).
+async fn admin(si: &StandIn) -> Client {
+    let i = &si.info;
+    let direct = format!(
+        "host=127.0.0.1 port={} user={} password={} dbname={} sslmode=disable",
+        i.port, i.master_user, i.master_password, i.database
+    );
+    let (client, conn) = tokio_postgres::connect(&direct, tokio_postgres::NoTls)
+        .await
+        .expect("admin");
+    tokio::spawn(conn);
+    client
+}
+
+/// Waits (bounded) until backend `pid` runs a query.
+async fn running(admin: &Client, pid: &str) {
+    let sql =
+        format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND state = 'active'");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while one(admin, &sql).await != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "backend {pid} never ran the query"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_the_current_transaction_only() {
+    let si = StandIn::shared();
+    let admin = admin(si).await;
+    let proxy = txn_proxy(si, 2).await;
+    let (a, b) = (connect(si, proxy.addr).await, connect(si, proxy.addr).await);
+    let (a_cancel, b_cancel) = (a.cancel_token(), b.cancel_token());
+    // B's last transaction ran on backend X; A's next one gets X (the most recently used).
+    let x = pid(&b).await;
+    let sleeping = tokio::spawn(async move {
+        let r = a.simple_query("SELECT pg_sleep(2)").await;
+        (a, r)
+    });
+    running(&admin, &x).await;
+    // B runs no transaction now: its cancel is dropped, never reaching A's query on X.
+    b_cancel
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("B's cancel taken");
+    let (a, result) = sleeping.await.expect("join");
+    assert!(result.is_ok(), "B's cancel reached A: {result:?}");
+
+    // A's own cancel reaches the server connection of its current transaction.
+    let x = pid(&a).await;
+    let sleeping = tokio::spawn(async move { a.simple_query("SELECT pg_sleep(20)").await });
+    running(&admin, &x).await;
+    a_cancel
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("A's cancel taken");
+    let result = tokio::time::timeout(Duration::from_secs(10), sleeping)
+        .await
+        .expect("cancelled in time")
+        .expect("join");
+    let e = result.expect_err("cancelled");
+    assert_eq!(support::code(&e), "57014", "{e}");
+}
+
+/// A raw client's message with `tag` and `body`.
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// Parse (unnamed) + Bind + Execute of `sql`.
+fn extended(sql: &str) -> Vec<u8> {
+    let mut parse = b"\0".to_vec();
+    parse.extend_from_slice(sql.as_bytes());
+    parse.extend_from_slice(&[0, 0, 0]);
+    let mut m = message(b'P', &parse);
+    m.extend(message(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+    m.extend(message(b'E', &[0, 0, 0, 0, 0]));
+    m
+}
+
+/// Reads until ReadyForQuery('I'), returning all bytes.
+async fn until_ready(raw: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut seen = Vec::new();
+    while !seen.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(n > 0, "closed before ReadyForQuery");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_with_an_error_in_the_middle_gives_the_connection_back() {
+    let si = StandIn::shared();
+    let proxy = txn_proxy(si, 1).await;
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("raw");
+    let i = &si.info;
+    let startup = support::startup(3, 0, &[("user", &i.iam_user), ("database", &i.database)]);
+    raw.write_all(&startup).await.expect("startup");
+    until_ready(&mut raw).await;
+    let mut pipeline = extended("SELECT 1");
+    pipeline.extend(extended("SELECT 1/0"));
+    pipeline.extend(extended("SELECT 3"));
+    pipeline.extend(message(b'S', b""));
+    raw.write_all(&pipeline).await.expect("pipeline");
+    let answer = until_ready(&mut raw).await;
+    assert!(
+        answer.windows(5).any(|w| w == b"22012"),
+        "division by zero reported"
+    );
+    // The one server connection went back: another client gets served.
+    let other = connect(si, proxy.addr).await;
+    let served = tokio::time::timeout(Duration::from_secs(10), pid(&other)).await;
+    assert!(served.is_ok(), "the connection was not given back");
+    // The raw client goes on: its next statement works.
+    raw.write_all(&extended("SELECT 4")).await.expect("more");
+    raw.write_all(&message(b'S', b"")).await.expect("sync");
+    let answer = until_ready(&mut raw).await;
+    assert!(
+        answer.windows(2).any(|w| w == b"\x014"),
+        "SELECT 4 answered: {answer:?}"
+    );
+    raw.write_all(&message(b'X', b"")).await.expect("terminate");
+}
+
+/// A raw client (startup with user and database only) greeted by the proxy.
+async fn raw_client(si: &StandIn, addr: SocketAddr) -> tokio::net::TcpStream {
+    let mut raw = tokio::net::TcpStream::connect(addr).await.expect("raw");
+    let i = &si.info;
+    let startup = support::startup(3, 0, &[("user", &i.iam_user), ("database", &i.database)]);
+    raw.write_all(&startup).await.expect("startup");
+    until_ready(&mut raw).await;
+    raw
+}
+
+/// Sends `pg_backend_pid()` by the extended protocol with Flush and no Sync, and returns the
+/// pid from its answer: the server then owes a ReadyForQuery.
+async fn unsynced_pid(raw: &mut tokio::net::TcpStream) -> String {
+    let mut unsynced = extended("SELECT pg_backend_pid()");
+    unsynced.extend(message(b'H', b""));
+    raw.write_all(&unsynced).await.expect("pipeline");
+    let mut answer = Vec::new();
+    let complete = [b'C', 0, 0, 0, 13];
+    while !answer.windows(5).any(|w| w == complete) {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("answer");
+        assert!(n > 0, "closed");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    // DataRow: 'D', length, 1 column, its length, the text.
+    let d = answer.iter().position(|b| *b == b'D').expect("DataRow");
+    let len = i32::from_be_bytes(answer[d + 7..d + 11].try_into().expect("4 bytes")) as usize;
+    String::from_utf8(answer[d + 11..d + 11 + len].to_vec()).expect("pid text")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_pipeline_costs_its_connection() {
+    let si = StandIn::shared();
+    let admin = admin(si).await;
+    let proxy = txn_proxy(si, 1).await;
+    let mut raw = raw_client(si, proxy.addr).await;
+    let first = unsynced_pid(&mut raw).await;
+    drop(raw);
+    // Not provably idle: closed, never handed to the next client.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let gone = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {first}");
+    while one(&admin, &gone).await != "0" {
+        assert!(Instant::now() < deadline, "backend {first} kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut raw = raw_client(si, proxy.addr).await;
+    assert_ne!(unsynced_pid(&mut raw).await, first, "a fresh backend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_works_in_transaction_mode() {
+    let si = StandIn::shared();
+    let proxy = txn_proxy(si, 1).await;
+    let i = &si.info;
+    let port = proxy.addr.port();
+    let args = [
+        "-c",
+        "SELECT 41 + 1",
+        "-c",
+        "BEGIN; SELECT 'in' || 'side'; COMMIT",
+    ];
+    let (ok, out, err) = support::psql("127.0.0.1", port, &i.iam_user, &i.database, &args);
+    assert!(ok, "psql failed: {err}");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["42", "BEGIN", "inside", "COMMIT"],
+        "{out}"
+    );
+}
