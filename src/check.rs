@@ -142,17 +142,25 @@ fn pool_line(pool: &PoolConfig) -> String {
     match pool.mode {
         PoolMode::None => "pool none: every client gets its own IAM login".to_owned(),
         PoolMode::Session | PoolMode::Transaction => {
+            let (mode, reset) = if pool.mode == PoolMode::Session {
+                ("session", format!("reset with {}", pool.reset_query))
+            } else {
+                let reset = format!(
+                    "given back after each transaction without a reset \
+                     (a pinned client's: reset with {})",
+                    pool.reset_query
+                );
+                ("transaction", reset)
+            };
             format!(
-            "pool {}: up to {} server connections per (user, database, options), {} kept idle, \
-             idle ones closed after {}, none older than {}, reset with {}, clients wait up to {}",
-            if pool.mode == PoolMode::Session { "session" } else { "transaction" },
-            pool.size,
-            pool.min_idle,
-            d(pool.idle_timeout),
-            d(pool.lifetime),
-            pool.reset_query,
-            d(pool.timeout),
-        )
+                "pool {mode}: up to {} server connections per (user, database, options), {} kept \
+                 idle, idle ones closed after {}, none older than {}, {reset}, clients wait up to {}",
+                pool.size,
+                pool.min_idle,
+                d(pool.idle_timeout),
+                d(pool.lifetime),
+                d(pool.timeout),
+            )
         }
     }
 }
