@@ -169,6 +169,37 @@ impl Lookups {
     }
 }
 
+/// The common case, answered on the calling thread: a sock_diag answer (the kernel replies
+/// within the request's system call) or a Unix peer, and a user entry in the cache. `None`
+/// when the answer needs blocking work: the groups, a user entry to read, `/proc/net/tcp`.
+/// A thread hop costs more than the lookup itself, and it runs on every connect.
+fn identify_quickly(addr: PeerAddr, groups: bool, lookups: &Lookups) -> Option<Client> {
+    if groups {
+        return None;
+    }
+    let uid = match addr {
+        PeerAddr::Unix(Some((uid, _))) => uid,
+        PeerAddr::Unix(None) => return Some(Client::Unknown(Unknown::LookupFailed)),
+        PeerAddr::Tcp { peer, local } => {
+            let (peer, local) = (canonical(peer), canonical(local));
+            if !peer.ip().is_loopback() {
+                return Some(Client::Remote);
+            }
+            match lookups.diag.lookup(peer, local) {
+                Ok(Found::Owner(uid)) => uid,
+                Ok(Found::Absent) => return Some(Client::Unknown(Unknown::NotFound)),
+                Err(_) => return None,
+            }
+        }
+    };
+    let user = lookups.names.cached(uid)?;
+    Some(Client::Local {
+        uid,
+        user,
+        groups: Vec::new(),
+    })
+}
+
 /// Identifies the client at `addr` with `lookups`, with its groups if `groups` (blocking:
 /// run it on a blocking thread).
 pub fn identify_blocking(addr: PeerAddr, groups: bool, lookups: &Lookups) -> Client {
@@ -226,6 +257,12 @@ fn tcp_owner(diag: &SockDiag, peer: SocketAddr, local: SocketAddr) -> Result<u32
 /// Identifies the client at `addr` with `lookups` within [`IDENTIFY_TIMEOUT`], with its
 /// groups if `groups`.
 pub async fn identify(addr: PeerAddr, groups: bool, lookups: Arc<Lookups>) -> Identity {
+    if let Some(client) = identify_quickly(addr, groups, &lookups) {
+        return Identity {
+            client,
+            addr: addr.to_string(),
+        };
+    }
     let lookup = tokio::task::spawn_blocking(move || identify_blocking(addr, groups, &lookups));
     let client = match tokio::time::timeout(IDENTIFY_TIMEOUT, lookup).await {
         Ok(Ok(client)) => client,

@@ -157,6 +157,16 @@ pub struct NameCache {
 }
 
 impl NameCache {
+    /// The entry of `uid` if a fresh one is cached (never blocks): `None` on a miss.
+    pub fn cached(&self, uid: u32) -> Option<Option<UserEntry>> {
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (at, entry) = entries.get(&uid)?;
+        (at.elapsed() < NAME_TTL).then(|| entry.clone())
+    }
+
     /// The entry of `uid` (blocking on a miss: run it on a blocking thread).
     pub fn user(&self, uid: u32) -> Option<UserEntry> {
         let lock = || {
@@ -188,6 +198,18 @@ pub fn own_uid() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_answers_without_blocking_only_what_it_holds() {
+        let cache = NameCache::default();
+        assert!(
+            cache.cached(0).is_none(),
+            "a miss is left to the blocking path"
+        );
+        let root = cache.user(0).expect("uid 0 has an entry");
+        let cached = cache.cached(0).expect("now held").expect("an entry");
+        assert_eq!(cached.name, root.name);
+    }
 
     #[test]
     fn root_resolves_both_ways() {
