@@ -162,6 +162,21 @@ async fn tokio_postgres_prepare_does_not_pin() {
     }
 }
 
+/// Another client, on the pool's one server connection (so nobody is pinned), prepares
+/// `st` with a text of its own and runs it.
+async fn another_client(si: &'static StandIn, addr: SocketAddr) {
+    let other = async {
+        let mut raw = raw_client(si, addr).await;
+        let mut m = parse("st", "SELECT 'other'");
+        m.extend(run("st"));
+        raw.write_all(&m).await.expect("send");
+        summary(&replies(&mut raw).await)
+    };
+    let got = tokio::time::timeout(Duration::from_secs(10), other).await;
+    let got = got.expect("another client served: the first is not pinned");
+    assert_eq!(got, ("12DCZ".into(), Some("other".into())));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parse_error_leaves_no_statement() {
     let si = StandIn::shared();
@@ -173,6 +188,7 @@ async fn a_parse_error_leaves_no_statement() {
     let answer = replies(&mut raw).await;
     assert_eq!(summary(&answer).0, "EZ");
     assert_eq!(sqlstate(&answer).as_deref(), Some("42601"));
+    another_client(si, proxy.addr).await;
     raw.write_all(&run("bad")).await.expect("send");
     let answer = replies(&mut raw).await;
     assert_eq!(sqlstate(&answer).as_deref(), Some("26000"), "no statement");
@@ -193,6 +209,7 @@ async fn close_then_parse_again_with_a_new_text() {
     first.extend(run("st"));
     raw.write_all(&first).await.expect("send");
     assert_eq!(summary(&replies(&mut raw).await).1.as_deref(), Some("one"));
+    another_client(si, proxy.addr).await;
     let mut again = parse("st", "SELECT 'dup'");
     again.extend(message(b'S', b""));
     raw.write_all(&again).await.expect("send");
@@ -204,6 +221,7 @@ async fn close_then_parse_again_with_a_new_text() {
     );
     raw.write_all(&close("st")).await.expect("send");
     assert_eq!(summary(&replies(&mut raw).await).0, "3Z");
+    another_client(si, proxy.addr).await;
     raw.write_all(&run("st")).await.expect("send");
     let answer = replies(&mut raw).await;
     assert_eq!(sqlstate(&answer).as_deref(), Some("26000"), "closed");
