@@ -32,6 +32,8 @@ mod splice;
 mod tests;
 #[cfg(test)]
 mod tests_pooled;
+#[cfg(test)]
+mod tests_prepared;
 mod track;
 
 pub use frames::Frames;
