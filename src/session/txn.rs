@@ -5,7 +5,8 @@
 //! (no reset between transactions). The client's `application_name` is set on the
 //! connection it is lent when the connection's value differs. A client that does what
 //! cannot be shared ([`crate::relay::pin`]) keeps its connection for the rest of its
-//! session, which then ends as a session-mode one does (reset, or closed).
+//! session, which then ends as a session-mode one does (reset, or closed). Its named
+//! prepared statements follow it from connection to connection ([`relay::prepared`]).
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_util::sync::CancellationToken;
