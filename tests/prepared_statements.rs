@@ -14,10 +14,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn txn_proxy(si: &StandIn, size: usize) -> support::Proxy {
+    txn_proxy_http(si, size, None).await
+}
+
+async fn txn_proxy_http(si: &StandIn, size: usize, http: Option<SocketAddr>) -> support::Proxy {
     let mut spec = ProxySpec::new(si);
     spec.target.pool_mode = Some(pg_iam_proxy::config::PoolMode::Transaction);
     spec.target.pool_size = Some(size);
+    spec.proxy.http_addr = http;
     spec.start().await
+}
+
+/// The proxy's `pool_prepared_statements_reprepared_total`.
+async fn reprepared(http: SocketAddr) -> f64 {
+    let (_, body) = support::http(http, "GET", "/metrics").await;
+    body.lines()
+        .filter(|l| l.starts_with("pg_iam_proxy_pool_prepared_statements_reprepared_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn message(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -97,7 +111,8 @@ fn sqlstate(replies: &[(u8, Vec<u8>)]) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clients_share_statement_names_with_different_texts() {
     let si = StandIn::shared();
-    let proxy = txn_proxy(si, 2).await;
+    let http = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let proxy = txn_proxy_http(si, 2, Some(http)).await;
     let mut tasks = Vec::new();
     for i in 0..10 {
         let addr = proxy.addr;
@@ -137,6 +152,15 @@ async fn many_clients_share_statement_names_with_different_texts() {
         moved += usize::from(t.await.expect("client") > 1);
     }
     assert!(moved > 0, "no client ever changed backends");
+    // Counted once a transaction's splice ends, just after the client's ReadyForQuery.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while reprepared(http).await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no statement re-prepared counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
