@@ -294,3 +294,33 @@ async fn pgbench_prepared_works() {
     assert!(text.contains("number of failed transactions: 0"), "{text}");
     assert!(text.contains("600/600"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_statements_work_on_after_a_pin() {
+    let si = StandIn::shared();
+    let proxy = txn_proxy(si, 2).await;
+    let i = &si.info;
+    let (a, _) = pg(proxy.addr, &i.iam_user, &i.database).await.expect("a");
+    let before = a.prepare("SELECT $1::int + 1").await.expect("prepare");
+    let x: i32 = a.query_one(&before, &[&1i32]).await.expect("run").get(0);
+    assert_eq!(x, 2);
+    a.batch_execute("SET search_path = public")
+        .await
+        .expect("pins");
+    let y: i32 = a
+        .query_one(&before, &[&2i32])
+        .await
+        .expect("pinned: run again")
+        .get(0);
+    assert_eq!(y, 3);
+    let after = a
+        .prepare("SELECT $1::int * 3")
+        .await
+        .expect("prepare pinned");
+    let z: i32 = a
+        .query_one(&after, &[&3i32])
+        .await
+        .expect("pinned: run new")
+        .get(0);
+    assert_eq!(z, 9);
+}
