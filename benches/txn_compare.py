@@ -12,6 +12,9 @@ ratios proxy / PgBouncer (target >= 1.0x). Reuses benches/pool_compare.py's help
 PgBouncer, data, pgbench); PgBouncer logs in as the stand-in's password user, the proxy as the
 IAM user. (b) memory of idle clients: the RSS delta of a fresh transaction-mode proxy over
 IDLE idle clients (psycopg in autocommit mode, each has run `SELECT 1`), total and per client.
+(c) pgbench -S -M prepared (named protocol-level statements) against -M simple, both through
+the proxy in transaction mode, interleaved rounds; prints the median of the per-round ratios
+prepared / simple (target >= 0.9x). PgBouncer 1.18 cannot run -M prepared in this mode.
 """
 
 import argparse
@@ -35,6 +38,7 @@ def main():
     ap.add_argument("--servers", type=int, default=16)
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--idle", type=int, default=1000, help="idle clients for (b); 0 skips it")
+    ap.add_argument("--no-prepared", action="store_true", help="skip (c)")
     ap.add_argument("--bin", help="the proxy binary (default: target/release/pg-iam-proxy, built if stale)")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -67,6 +71,8 @@ def main():
             print(f"  {name}: median {statistics.median(values):.0f} tps ({', '.join(f'{v:.0f}' for v in values)})")
         print(f"  proxy / PgBouncer: {statistics.median(ratios):.2f}x (median of per-round ratios; "
               f"target >= 1.0x); proxy IAM logins in all rounds: {logins['proxy-transaction']}")
+        if not args.no_prepared:
+            prepared_vs_simple(args, contenders[1])
         for p in procs:
             p.terminate()
             p.wait()
@@ -86,6 +92,23 @@ def main():
         standin.stdin.close()
         standin.wait()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def prepared_vs_simple(args, proxy):
+    """(c): -M prepared against simple, through the proxy, start order rotating."""
+    print(f"\n(c) pgbench -n -S -M prepared vs simple through the proxy: -c {args.clients} -j 2 "
+          f"-T {args.seconds}, {args.rounds} interleaved rounds", flush=True)
+    runs = {"simple": [], "prepared": []}
+    modes = [("simple", []), ("prepared", ["-M", "prepared"])]
+    for r in range(args.rounds):
+        for name, extra in modes[r % 2:] + modes[:r % 2]:
+            runs[name].append(pc.pgbench(proxy, extra, args.clients, args.seconds))
+        print(f"  round {r + 1}: simple {runs['simple'][-1]:.0f} | prepared {runs['prepared'][-1]:.0f}",
+              flush=True)
+    ratios = [p / s for p, s in zip(runs["prepared"], runs["simple"])]
+    for name, values in runs.items():
+        print(f"  {name}: median {statistics.median(values):.0f} tps ({', '.join(f'{v:.0f}' for v in values)})")
+    print(f"  prepared / simple: {statistics.median(ratios):.2f}x (median of per-round ratios; target >= 0.9x)")
 
 
 if __name__ == "__main__":

@@ -172,7 +172,7 @@ async fn each_pin_reason_pins_and_the_rest_does_not() {
     for sql in ["BEGIN; SET LOCAL work_mem = '2MB'; COMMIT", "SELECT 1"] {
         assert!(!pinned_by(si, proxy.addr, sql).await, "{sql} pinned");
     }
-    // A protocol-level named statement (tokio-postgres's prepare) pins; unnamed does not.
+    // Protocol-level unnamed statements do not pin.
     let (a, b) = (connect(si, proxy.addr).await, connect(si, proxy.addr).await);
     let typed = a
         .query_typed(
@@ -186,14 +186,8 @@ async fn each_pin_reason_pins_and_the_rest_does_not() {
     b.batch_execute("BEGIN").await.expect("begin");
     assert_ne!(pid(&a).await, before, "unnamed statements do not pin");
     b.batch_execute("COMMIT").await.expect("commit");
-    let stmt = a.prepare("SELECT pg_backend_pid()").await.expect("prepare");
-    let named: i32 = a.query_one(&stmt, &[]).await.expect("run").get(0);
-    b.batch_execute("BEGIN").await.expect("begin");
-    let again: i32 = a.query_one(&stmt, &[]).await.expect("run again").get(0);
-    assert_eq!(named, again, "a named statement pins its client");
-    b.batch_execute("COMMIT").await.expect("commit");
-    drop(a);
-    pinned_count(http, "named_statement", 1.0).await;
+    // Named statements do not pin either: tests/prepared_statements.rs (a pool of one shared
+    // by two clients, which cannot race with the check-in as a pid comparison here would).
 }
 
 /// A superuser session straight to the stand-in (not through the proxy).

@@ -87,6 +87,13 @@ pub struct PinLabels {
     pub reason: &'static str,
 }
 
+/// Labels of a target.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    /// Target name.
+    pub target: String,
+}
+
 /// Labels of a close.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CloseLabels {
@@ -119,6 +126,7 @@ pub struct PoolMetrics {
     transactions: Family<PoolLabels, Counter>,
     closes: Family<CloseLabels, Counter>,
     pinned: Family<PinLabels, Counter>,
+    reprepared: Family<TargetLabels, Counter>,
 }
 
 impl Default for PoolMetrics {
@@ -136,6 +144,7 @@ impl Default for PoolMetrics {
             transactions: Family::default(),
             closes: Family::default(),
             pinned: Family::default(),
+            reprepared: Family::default(),
         }
     }
 }
@@ -237,6 +246,15 @@ impl PoolMetrics {
             .inc();
     }
 
+    /// Counts `n` named statements of clients of `target` prepared again on a server
+    /// connection (transaction mode).
+    pub fn reprepared(&self, target: &str, n: u64) {
+        let target = target.to_owned();
+        self.reprepared
+            .get_or_create(&TargetLabels { target })
+            .inc_by(n);
+    }
+
     /// Registers the families (names under the registry's prefix; counters get `_total`).
     pub fn register(&self, r: &mut Registry) {
         let gauges = [
@@ -308,6 +326,11 @@ impl PoolMetrics {
             "pool_pinned_clients",
             "Clients pinned to their server connection in transaction mode, by reason",
             self.pinned.clone(),
+        );
+        r.register(
+            "pool_prepared_statements_reprepared",
+            "Named prepared statements of clients prepared again on a server connection (transaction mode)",
+            self.reprepared.clone(),
         );
     }
 }

@@ -18,23 +18,28 @@
 //! whether the server connection the client leaves is provably idle, to be reset and reused.
 //!
 //! Files: [`pipe`] (one direction), [`frames`] (boundaries), [`splice`] (both directions),
-//! [`goodbye`] (ending a session the proxy ends), [`track`] (the pooled mode's verdict).
+//! [`goodbye`] (ending a session the proxy ends), [`track`] (the pooled mode's verdict),
+//! [`pin`] and [`prepared`] / [`rewrite`] (transaction mode: pins, named statements).
 
 mod frames;
 mod goodbye;
 pub mod pin;
 mod pipe;
+pub mod prepared;
+mod rewrite;
 mod splice;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_pooled;
+#[cfg(test)]
+mod tests_prepared;
 mod track;
 
 pub use frames::Frames;
 pub use goodbye::{FINISH_MESSAGE, GOODBYE};
 pub use pin::PinReason;
-pub use splice::{splice, splice_transaction, splice_with};
+pub use splice::{splice, splice_pinned, splice_transaction, splice_with};
 
 /// What the relay follows beyond bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

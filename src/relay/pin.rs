@@ -12,7 +12,9 @@
 //! - `pg_advisory_lock` / `pg_try_advisory_lock` (and their `_shared` forms) anywhere in the
 //!   text -> [`PinReason::AdvisoryLock`] (the `_xact_` forms end with the transaction)
 //! - `set_config` anywhere in the text (whatever its third argument) -> [`PinReason::Set`]
-//! - a Parse with a non-empty statement name -> [`PinReason::NamedStatement`]
+//!
+//! A protocol-level named statement does not pin ([`super::prepared`]), except a Parse
+//! the proxy passes on unchanged (over its limits) -> [`PinReason::NamedStatement`].
 //!
 //! Limits (not pinned; document them): session state changed by other means, e.g. a
 //! function or `DO` block that runs `SET`, `LISTEN` or `CREATE TEMP` inside,
@@ -36,7 +38,7 @@ pub enum PinReason {
     TempTable,
     /// `PREPARE` / `DEALLOCATE` in SQL.
     Prepare,
-    /// A protocol-level named prepared statement.
+    /// A protocol-level named prepared statement passed on unchanged (over the limits).
     NamedStatement,
 }
 
@@ -115,11 +117,7 @@ impl PinScan {
         self.pinned = match self.header[0] {
             b'P' => {
                 let name_end = text.iter().position(|b| *b == 0).unwrap_or(text.len());
-                if name_end > 0 {
-                    Some(PinReason::NamedStatement)
-                } else {
-                    scan_sql(text.get(name_end + 1..).unwrap_or_default())
-                }
+                scan_sql(text.get(name_end + 1..).unwrap_or_default())
             }
             _ => scan_sql(&text),
         };
@@ -274,6 +272,9 @@ mod tests {
         }
         let mut scan = PinScan::default();
         scan.feed(&message(b'P', b"s1\0SELECT 1\0\0\0"));
-        assert_eq!(scan.pinned, Some(PinReason::NamedStatement));
+        assert_eq!(
+            scan.pinned, None,
+            "named statements are rewritten, not pinned"
+        );
     }
 }

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::frames::Frames;
 use super::pin::PinScan;
+use super::rewrite::Rewrite;
 use super::track::{ClientWatch, ServerWatch};
 use super::Meter;
 
@@ -36,6 +37,8 @@ pub(super) struct Pipe {
     pub track: Track,
     /// Transaction mode ([`Track::Client`] only): the client's SQL scanned for what pins it.
     pub scan: Option<PinScan>,
+    /// Transaction mode: named prepared statements rewritten ([`super::prepared`]).
+    pub rewrite: Option<Rewrite>,
 }
 
 /// What a direction watches beyond message boundaries.
@@ -63,6 +66,17 @@ impl Pipe {
         self.buf.extend_from_slice(bytes);
         self.pos = 0;
         self.watch_read();
+        self.rewrite_read();
+    }
+
+    /// Replaces the bytes just read by what goes on ([`Rewrite`]).
+    fn rewrite_read(&mut self) {
+        if let Some(rewrite) = &mut self.rewrite {
+            let mut out = Vec::with_capacity(self.buf.capacity().max(BUF));
+            rewrite.feed(&self.buf[self.pos..], &mut out);
+            self.buf = out;
+            self.pos = 0;
+        }
     }
 
     /// Copies until the reader has nothing more for now (`Pending`, buffer released) or has
@@ -177,6 +191,7 @@ impl Pipe {
         unsafe { self.buf.set_len(n) };
         self.eof = n == 0;
         self.watch_read();
+        self.rewrite_read();
         Poll::Ready(Ok(()))
     }
 

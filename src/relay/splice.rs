@@ -13,7 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::goodbye::{goodbye, GOODBYE};
 use super::pipe::{Pipe, Track};
+use super::prepared::{lock, Shared};
+use super::rewrite::Rewrite;
 use super::track::{self, Side};
+use super::PinReason;
 use super::{Ended, Meters, Mode, Outcome};
 
 /// Relays until both directions are done, an error occurs, `cut` fires, or nothing moved
@@ -72,17 +75,48 @@ pub async fn splice_transaction<C, U>(
     cut: CancellationToken,
     idle: Option<Duration>,
     meters: Meters<'_>,
+    prepared: &Shared,
 ) -> Outcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    let (mut up, down) = rewriting(prepared);
+    up.scan = Some(Default::default());
+    up.preload(early);
+    let mut outcome = finish(client, upstream, up, down, cut, idle, meters).await;
+    if outcome.pinned.is_none() && lock(prepared).pinned {
+        outcome.pinned = Some(PinReason::NamedStatement);
+    }
+    outcome
+}
+
+/// Transaction mode, a pinned client: [`splice_with`] in [`Mode::Pooled`], its named
+/// statements still rewritten as in [`splice_transaction`].
+pub async fn splice_pinned<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    cut: CancellationToken,
+    idle: Option<Duration>,
+    meters: Meters<'_>,
+    prepared: &Shared,
+) -> Outcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (up, down) = rewriting(prepared);
+    finish(client, upstream, up, down, cut, idle, meters).await
+}
+
+/// Both pipes of a pooled splice that rewrites named statements.
+fn rewriting(prepared: &Shared) -> (Pipe, Pipe) {
     let (mut up, mut down) = (Pipe::default(), Pipe::default());
     up.track = Track::Client(Default::default());
     down.track = Track::Server(Default::default());
-    up.scan = Some(Default::default());
-    up.preload(early);
-    finish(client, upstream, up, down, cut, idle, meters).await
+    up.rewrite = Some(Rewrite::new(prepared.clone(), true));
+    down.rewrite = Some(Rewrite::new(prepared.clone(), false));
+    (up, down)
 }
 
 async fn finish<C, U>(

@@ -5,7 +5,8 @@
 //! (no reset between transactions). The client's `application_name` is set on the
 //! connection it is lent when the connection's value differs. A client that does what
 //! cannot be shared ([`crate::relay::pin`]) keeps its connection for the rest of its
-//! session, which then ends as a session-mode one does (reset, or closed).
+//! session, which then ends as a session-mode one does (reset, or closed). Its named
+//! prepared statements follow it from connection to connection ([`relay::prepared`]).
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_util::sync::CancellationToken;
@@ -17,7 +18,8 @@ use crate::cancel::{CancelTarget, ClientCancel};
 use crate::client::{self, StartupInfo};
 use crate::error::{sqlstate, ClientError};
 use crate::pool::{Checkout, CloseReason, PoolKey};
-use crate::relay::{self, Ended, Mode};
+use crate::relay::prepared::{lock as statements, Shared};
+use crate::relay::{self, Ended};
 use crate::target::{Pooling, TargetContext};
 use crate::upstream::params::{self, ServerParams};
 use crate::upstream::pooled::{PooledServer, ServerConnector};
@@ -35,6 +37,8 @@ struct Client<'a> {
     cut: CancellationToken,
     /// The session's byte counts (audit).
     traffic: &'a Traffic,
+    /// Its named prepared statements ([`relay::prepared`]).
+    prepared: Shared,
 }
 
 /// Serves the client, lending it a server connection of `user`'s pool per transaction.
@@ -81,6 +85,7 @@ pub(super) async fn session<S>(
         cancel,
         cut,
         traffic,
+        prepared: Shared::default(),
     };
     me.serve(&mut client).await;
 }
@@ -248,15 +253,22 @@ impl Client<'_> {
             addr: server.conn.addr,
             key: server.key.clone(),
         });
+        statements(&self.prepared).lend(std::mem::take(&mut server.statements));
         let stream = &mut server.conn.stream;
         let idle = self.ctx.settings.idle_timeout;
         let cut = self.cut.clone();
         let tallies = tallies(self.ctx, self.traffic);
         let meters = meters(&tallies);
-        let mut outcome = relay::splice_transaction(client, stream, early, cut, idle, meters).await;
+        let p = &self.prepared;
+        let mut outcome =
+            relay::splice_transaction(client, stream, early, cut, idle, meters, p).await;
+        self.count_reprepared();
         match (outcome.ended, outcome.pinned) {
             (Ended::Returned, None) => {
                 self.cancel.unassign().await;
+                let mut kept = statements(&self.prepared);
+                lent.conn_mut().statements = std::mem::take(&mut kept.server);
+                drop(kept);
                 lent.return_idle();
                 return true;
             }
@@ -270,7 +282,8 @@ impl Client<'_> {
                 pools.metrics().pinned(pools.target(), reason.as_str());
                 let stream = &mut lent.conn_mut().conn.stream;
                 let cut = self.cut.clone();
-                outcome = relay::splice_with(client, stream, cut, idle, meters, Mode::Pooled).await;
+                outcome = relay::splice_pinned(client, stream, cut, idle, meters, p).await;
+                self.count_reprepared();
             }
             _ => {}
         }
@@ -282,7 +295,19 @@ impl Client<'_> {
         if !reusable {
             tracing::debug!(ended = ?outcome.ended, "server connection not provably idle; closed");
         }
+        // Reset (or closed): its statements are gone, their names stay unique.
+        let server = &mut lent.conn_mut().statements;
+        *server = statements(&self.prepared).server.cleared();
         release(lent, reusable, &self.pooling.config.reset_query).await;
         false
+    }
+
+    /// Counts the statements prepared again on a server connection since the last count.
+    fn count_reprepared(&self) {
+        let n = std::mem::take(&mut statements(&self.prepared).reprepared);
+        if n > 0 {
+            let pools = &self.pooling.pools;
+            pools.metrics().reprepared(pools.target(), n);
+        }
     }
 }

@@ -35,6 +35,8 @@ pub struct PooledServer {
     /// Transaction mode: the values set with `set_config` since login (no reset runs
     /// between transactions), which override `baseline`.
     pub since_login: ServerParams,
+    /// Transaction mode: the named statements prepared on it for clients.
+    pub statements: crate::relay::prepared::ServerStatements,
 }
 
 impl PooledServer {
@@ -143,6 +145,7 @@ impl Connector for ServerConnector {
                 baseline,
                 key,
                 since_login: ServerParams::default(),
+                statements: Default::default(),
             })
         }
     }

@@ -1,0 +1,129 @@
+//! Named statements rewritten ([`super::prepared`], [`super::rewrite`]): at every split of
+//! the streams, across an error, and over the server connection's limit.
+
+use super::prepared::{lock, put, Shared, SERVER_LIMIT};
+use super::rewrite::Rewrite;
+
+fn msg(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    put(&mut out, tag, parts);
+    out
+}
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    msg(b'P', &[name.as_bytes(), b"\0", sql.as_bytes(), b"\0\0\0"])
+}
+
+fn bind(name: &str) -> Vec<u8> {
+    msg(b'B', &[b"\0", name.as_bytes(), b"\0\0\0\0\0\0\0"])
+}
+
+/// Feeds `input` split at `at` through a fresh client rewriter of `shared`.
+fn client(shared: &Shared, input: &[u8], at: usize) -> Vec<u8> {
+    let mut r = Rewrite::new(shared.clone(), true);
+    let mut out = Vec::new();
+    r.feed(&input[..at], &mut out);
+    r.feed(&input[at..], &mut out);
+    out
+}
+
+fn server(shared: &Shared, input: &[u8], at: usize) -> Vec<u8> {
+    let mut r = Rewrite::new(shared.clone(), false);
+    let mut out = Vec::new();
+    r.feed(&input[..at], &mut out);
+    r.feed(&input[at..], &mut out);
+    out
+}
+
+#[test]
+fn names_are_rewritten_at_every_split() {
+    let mut input = parse("st", "SELECT 1");
+    input.extend(bind("st"));
+    input.extend(msg(b'D', &[b"Sst\0"]));
+    input.extend(msg(b'E', &[b"\0\0\0\0\0"]));
+    input.extend(msg(b'S', &[]));
+    let mut want = parse("pgiam_1", "SELECT 1");
+    want.extend(bind("pgiam_1"));
+    want.extend(msg(b'D', &[b"Spgiam_1\0"]));
+    want.extend(msg(b'E', &[b"\0\0\0\0\0"]));
+    want.extend(msg(b'S', &[]));
+    for at in 0..=input.len() {
+        let shared = Shared::default();
+        assert_eq!(client(&shared, &input, at), want, "split at {at}");
+    }
+}
+
+#[test]
+fn a_known_text_is_answered_by_a_close_that_becomes_parse_complete() {
+    let shared = Shared::default();
+    let first = [parse("a", "SELECT 1"), msg(b'S', &[])].concat();
+    client(&shared, &first, 0);
+    let replies = [msg(b'1', &[]), msg(b'Z', &[b"I"])].concat();
+    assert_eq!(server(&shared, &replies, 3), replies);
+    // The same text under another name: the server has it.
+    let second = [parse("b", "SELECT 1"), bind("b"), msg(b'S', &[])].concat();
+    let sent = client(&shared, &second, 7);
+    let want = [msg(b'C', &[b"Spgiam_\0"]), bind("pgiam_1"), msg(b'S', &[])].concat();
+    assert_eq!(sent, want);
+    let answers = [msg(b'3', &[]), msg(b'2', &[]), msg(b'Z', &[b"I"])].concat();
+    let shown = [msg(b'1', &[]), msg(b'2', &[]), msg(b'Z', &[b"I"])].concat();
+    assert_eq!(server(&shared, &answers, 2), shown);
+}
+
+#[test]
+fn a_failed_parse_is_forgotten_and_an_injected_one_swallowed() {
+    let shared = Shared::default();
+    let sent = client(&shared, &[parse("a", "SELEC"), msg(b'S', &[])].concat(), 0);
+    assert!(sent.starts_with(&parse("pgiam_1", "SELEC")));
+    let error = [msg(b'E', &[b"C42601\0\0"]), msg(b'Z', &[b"I"])].concat();
+    assert_eq!(server(&shared, &error, 0), error);
+    // Unknown now: passed on unchanged (the server answers 26000).
+    let sent = client(&shared, &[bind("a"), msg(b'S', &[])].concat(), 0);
+    assert_eq!(sent, [bind("a"), msg(b'S', &[])].concat());
+    server(
+        &shared,
+        &[msg(b'E', &[b"\0"]), msg(b'Z', &[b"I"])].concat(),
+        0,
+    );
+    // A statement the connection lacks is prepared in front of its Bind, the reply dropped.
+    client(
+        &shared,
+        &[parse("b", "SELECT 2"), msg(b'S', &[])].concat(),
+        0,
+    );
+    server(&shared, &[msg(b'1', &[]), msg(b'Z', &[b"I"])].concat(), 0);
+    let old = std::mem::take(&mut lock(&shared).server);
+    lock(&shared).lend(old.cleared());
+    let sent = client(&shared, &[bind("b"), msg(b'S', &[])].concat(), 0);
+    let want = [
+        parse("pgiam_3", "SELECT 2"),
+        bind("pgiam_3"),
+        msg(b'S', &[]),
+    ];
+    assert_eq!(sent, want.concat());
+    let replies = [msg(b'1', &[]), msg(b'2', &[]), msg(b'Z', &[b"I"])].concat();
+    assert_eq!(server(&shared, &replies, 1), replies[5..]);
+    assert_eq!(lock(&shared).reprepared, 1);
+}
+
+#[test]
+fn the_least_recently_used_statement_of_an_earlier_transaction_is_evicted() {
+    let shared = Shared::default();
+    for n in 0..=SERVER_LIMIT {
+        let sql = format!("SELECT {n}");
+        client(&shared, &parse(&format!("s{n}"), &sql), 0);
+    }
+    let sent = client(&shared, &parse("late", "SELECT 'late'"), 0);
+    assert_eq!(sent[0], b'P', "nothing used in this transaction is evicted");
+    let old = std::mem::take(&mut lock(&shared).server);
+    lock(&shared).lend(old);
+    let sent = client(&shared, &parse("later", "SELECT 'later'"), 0);
+    let evict = msg(b'C', &[b"Spgiam_1\0"]);
+    assert!(sent.starts_with(&evict), "the oldest is closed first");
+    let replies = [msg(b'3', &[]), msg(b'1', &[])].concat();
+    assert_eq!(
+        server(&shared, &replies, 4),
+        msg(b'1', &[]),
+        "its reply dropped"
+    );
+}

@@ -1,0 +1,326 @@
+//! Transaction pooling with protocol-level named prepared statements against the real
+//! stand-in: clients sharing few server connections use the same statement names for
+//! different texts and each gets its own results; tokio-postgres's prepare does not pin;
+//! a Parse error leaves no statement behind; Close frees the name; pgbench -M prepared.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::{pg, ProxySpec, StandIn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn txn_proxy(si: &StandIn, size: usize) -> support::Proxy {
+    txn_proxy_http(si, size, None).await
+}
+
+async fn txn_proxy_http(si: &StandIn, size: usize, http: Option<SocketAddr>) -> support::Proxy {
+    let mut spec = ProxySpec::new(si);
+    spec.target.pool_mode = Some(pg_iam_proxy::config::PoolMode::Transaction);
+    spec.target.pool_size = Some(size);
+    spec.proxy.http_addr = http;
+    spec.start().await
+}
+
+/// The proxy's `pool_prepared_statements_reprepared_total`.
+async fn reprepared(http: SocketAddr) -> f64 {
+    let (_, body) = support::http(http, "GET", "/metrics").await;
+    body.lines()
+        .filter(|l| l.starts_with("pg_iam_proxy_pool_prepared_statements_reprepared_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    message(
+        b'P',
+        &[name.as_bytes(), b"\0", sql.as_bytes(), b"\0\0\0"].concat(),
+    )
+}
+
+/// Bind of statement `name` to the unnamed portal (no parameters), Execute, Sync.
+fn run(name: &str) -> Vec<u8> {
+    let mut m = message(b'B', &[b"\0", name.as_bytes(), b"\0\0\0\0\0\0\0"].concat());
+    m.extend(message(b'E', &[0, 0, 0, 0, 0]));
+    m.extend(message(b'S', b""));
+    m
+}
+
+fn close(name: &str) -> Vec<u8> {
+    let mut m = message(b'C', &[b"S", name.as_bytes(), b"\0"].concat());
+    m.extend(message(b'S', b""));
+    m
+}
+
+async fn raw_client(si: &StandIn, addr: SocketAddr) -> TcpStream {
+    let mut raw = TcpStream::connect(addr).await.expect("raw");
+    let i = &si.info;
+    let startup = support::startup(3, 0, &[("user", &i.iam_user), ("database", &i.database)]);
+    raw.write_all(&startup).await.expect("startup");
+    replies(&mut raw).await;
+    raw
+}
+
+/// The messages (type, body) up to and including ReadyForQuery.
+async fn replies(raw: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    loop {
+        let mut header = [0u8; 5];
+        let read = tokio::time::timeout(Duration::from_secs(10), raw.read_exact(&mut header));
+        read.await.expect("an answer in time").expect("header");
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        raw.read_exact(&mut body).await.expect("body");
+        out.push((header[0], body));
+        if header[0] == b'Z' {
+            return out;
+        }
+    }
+}
+
+/// The message types of `replies`, and the first column of the first DataRow.
+fn summary(replies: &[(u8, Vec<u8>)]) -> (String, Option<String>) {
+    let tags = replies.iter().map(|(t, _)| *t as char).collect();
+    let value = replies.iter().find(|(t, _)| *t == b'D').map(|(_, b)| {
+        let len = i32::from_be_bytes(b[2..6].try_into().expect("4 bytes")) as usize;
+        String::from_utf8(b[6..6 + len].to_vec()).expect("text")
+    });
+    (tags, value)
+}
+
+/// The SQLSTATE of the ErrorResponse among `replies`.
+fn sqlstate(replies: &[(u8, Vec<u8>)]) -> Option<String> {
+    let (_, body) = replies.iter().find(|(t, _)| *t == b'E')?;
+    let fields = body.split(|b| *b == 0);
+    fields
+        .filter_map(|f| f.strip_prefix(b"C"))
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .next()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_share_statement_names_with_different_texts() {
+    let si = StandIn::shared();
+    let http = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let proxy = txn_proxy_http(si, 2, Some(http)).await;
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let addr = proxy.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut raw = raw_client(si, addr).await;
+            let mut first = parse(
+                "st",
+                &format!("SELECT {i}::text || '-' || pg_backend_pid()"),
+            );
+            first.extend(parse("other", &format!("SELECT 'o{i}'")));
+            first.extend(run("st"));
+            raw.write_all(&first).await.expect("send");
+            let (tags, value) = summary(&replies(&mut raw).await);
+            assert_eq!(tags, "112DCZ", "client {i}");
+            let mut backends = std::collections::HashSet::new();
+            backends.insert(value.clone());
+            assert!(value.expect("a row").starts_with(&format!("{i}-")));
+            for round in 0..20 {
+                let name = if round % 3 == 0 { "other" } else { "st" };
+                raw.write_all(&run(name)).await.expect("send");
+                let (tags, value) = summary(&replies(&mut raw).await);
+                assert_eq!(tags, "2DCZ", "client {i} round {round}");
+                let value = value.expect("a row");
+                if name == "other" {
+                    assert_eq!(value, format!("o{i}"), "client {i} round {round}");
+                } else {
+                    assert!(value.starts_with(&format!("{i}-")), "{i}: {value}");
+                    backends.insert(Some(value));
+                }
+                tokio::task::yield_now().await;
+            }
+            backends.len()
+        }));
+    }
+    let mut moved = 0;
+    for t in tasks {
+        moved += usize::from(t.await.expect("client") > 1);
+    }
+    assert!(moved > 0, "no client ever changed backends");
+    // Counted once a transaction's splice ends, just after the client's ReadyForQuery.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while reprepared(http).await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no statement re-prepared counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_prepare_does_not_pin() {
+    let si = StandIn::shared();
+    let proxy = txn_proxy(si, 1).await;
+    let i = &si.info;
+    let (a, _) = pg(proxy.addr, &i.iam_user, &i.database).await.expect("a");
+    let (b, _) = pg(proxy.addr, &i.iam_user, &i.database).await.expect("b");
+    let sa = a.prepare("SELECT $1::int + 1").await.expect("prepare a");
+    let sb = b.prepare("SELECT $1::int * 10").await.expect("prepare b");
+    for n in 0..5i32 {
+        let limit = Duration::from_secs(10);
+        let ra = tokio::time::timeout(limit, a.query_one(&sa, &[&n])).await;
+        let x: i32 = ra.expect("a not blocked").expect("a runs").get(0);
+        assert_eq!(x, n + 1);
+        let rb = tokio::time::timeout(limit, b.query_one(&sb, &[&n])).await;
+        let y: i32 = rb
+            .expect("b not blocked: a is not pinned")
+            .expect("b runs")
+            .get(0);
+        assert_eq!(y, n * 10);
+    }
+}
+
+/// Another client, on the pool's one server connection (so nobody is pinned), prepares
+/// `st` with a text of its own and runs it.
+async fn another_client(si: &'static StandIn, addr: SocketAddr) {
+    let other = async {
+        let mut raw = raw_client(si, addr).await;
+        let mut m = parse("st", "SELECT 'other'");
+        m.extend(run("st"));
+        raw.write_all(&m).await.expect("send");
+        summary(&replies(&mut raw).await)
+    };
+    let got = tokio::time::timeout(Duration::from_secs(10), other).await;
+    let got = got.expect("another client served: the first is not pinned");
+    assert_eq!(got, ("12DCZ".into(), Some("other".into())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parse_error_leaves_no_statement() {
+    let si = StandIn::shared();
+    let proxy = txn_proxy(si, 1).await;
+    let mut raw = raw_client(si, proxy.addr).await;
+    let mut bad = parse("bad", "SELEC 1");
+    bad.extend(run("bad"));
+    raw.write_all(&bad).await.expect("send");
+    let answer = replies(&mut raw).await;
+    assert_eq!(summary(&answer).0, "EZ");
+    assert_eq!(sqlstate(&answer).as_deref(), Some("42601"));
+    another_client(si, proxy.addr).await;
+    raw.write_all(&run("bad")).await.expect("send");
+    let answer = replies(&mut raw).await;
+    assert_eq!(sqlstate(&answer).as_deref(), Some("26000"), "no statement");
+    // The name is free for a good statement.
+    let mut good = parse("bad", "SELECT 'good'");
+    good.extend(run("bad"));
+    raw.write_all(&good).await.expect("send");
+    let answer = replies(&mut raw).await;
+    assert_eq!(summary(&answer), ("12DCZ".into(), Some("good".into())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_then_parse_again_with_a_new_text() {
+    let si = StandIn::shared();
+    let proxy = txn_proxy(si, 1).await;
+    let mut raw = raw_client(si, proxy.addr).await;
+    let mut first = parse("st", "SELECT 'one'");
+    first.extend(run("st"));
+    raw.write_all(&first).await.expect("send");
+    assert_eq!(summary(&replies(&mut raw).await).1.as_deref(), Some("one"));
+    another_client(si, proxy.addr).await;
+    let mut again = parse("st", "SELECT 'dup'");
+    again.extend(message(b'S', b""));
+    raw.write_all(&again).await.expect("send");
+    let answer = replies(&mut raw).await;
+    assert_eq!(
+        sqlstate(&answer).as_deref(),
+        Some("42P05"),
+        "already exists"
+    );
+    raw.write_all(&close("st")).await.expect("send");
+    assert_eq!(summary(&replies(&mut raw).await).0, "3Z");
+    another_client(si, proxy.addr).await;
+    raw.write_all(&run("st")).await.expect("send");
+    let answer = replies(&mut raw).await;
+    assert_eq!(sqlstate(&answer).as_deref(), Some("26000"), "closed");
+    let mut second = parse("st", "SELECT 'two'");
+    second.extend(run("st"));
+    raw.write_all(&second).await.expect("send");
+    let answer = replies(&mut raw).await;
+    assert_eq!(summary(&answer), ("12DCZ".into(), Some("two".into())));
+    // Re-prepared text the server connection already has: ParseComplete from the proxy.
+    raw.write_all(&close("st")).await.expect("send");
+    replies(&mut raw).await;
+    let mut third = parse("st", "SELECT 'two'");
+    third.extend(run("st"));
+    raw.write_all(&third).await.expect("send");
+    let answer = replies(&mut raw).await;
+    assert_eq!(summary(&answer), ("12DCZ".into(), Some("two".into())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_prepared_works() {
+    let si = StandIn::shared();
+    let proxy = txn_proxy(si, 2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("s.sql");
+    std::fs::write(
+        &script,
+        "\\set x random(1, 1000)\nSELECT :x + 1;\nSELECT :x * 2;\n",
+    )
+    .expect("script");
+    let i = &si.info;
+    let out = Command::new("pgbench")
+        .args([
+            "-n", "-M", "prepared", "-c", "6", "-j", "2", "-t", "100", "-f",
+        ])
+        .arg(&script)
+        .args(["-h", "127.0.0.1", "-p", &proxy.addr.port().to_string()])
+        .args(["-U", &i.iam_user, &i.database])
+        .env("PGSSLMODE", "prefer")
+        .env_remove("PGPASSWORD")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run pgbench");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pgbench failed: {text}\n{err}");
+    assert!(text.contains("number of failed transactions: 0"), "{text}");
+    assert!(text.contains("600/600"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_statements_work_on_after_a_pin() {
+    let si = StandIn::shared();
+    let proxy = txn_proxy(si, 2).await;
+    let i = &si.info;
+    let (a, _) = pg(proxy.addr, &i.iam_user, &i.database).await.expect("a");
+    let before = a.prepare("SELECT $1::int + 1").await.expect("prepare");
+    let x: i32 = a.query_one(&before, &[&1i32]).await.expect("run").get(0);
+    assert_eq!(x, 2);
+    a.batch_execute("SET search_path = public")
+        .await
+        .expect("pins");
+    let y: i32 = a
+        .query_one(&before, &[&2i32])
+        .await
+        .expect("pinned: run again")
+        .get(0);
+    assert_eq!(y, 3);
+    let after = a
+        .prepare("SELECT $1::int * 3")
+        .await
+        .expect("prepare pinned");
+    let z: i32 = a
+        .query_one(&after, &[&3i32])
+        .await
+        .expect("pinned: run new")
+        .get(0);
+    assert_eq!(z, 9);
+}
