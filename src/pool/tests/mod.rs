@@ -88,7 +88,12 @@ impl Connector for Fake {
     }
 
     fn is_current(&self, conn: &FakeConn) -> bool {
-        !self.0.stale.lock().unwrap().contains(&conn.id)
+        !self
+            .0
+            .stale
+            .lock()
+            .expect("the stale set lock")
+            .contains(&conn.id)
     }
 }
 
@@ -110,7 +115,7 @@ impl Fake {
         self.0.release.add_permits(n);
     }
     fn make_stale(&self, id: usize) {
-        self.0.stale.lock().unwrap().insert(id);
+        self.0.stale.lock().expect("the stale set lock").insert(id);
     }
     fn break_conn(&self, id: usize) {
         self.0.broken.lock().unwrap().insert(id);

@@ -81,8 +81,8 @@ mod tests {
 
     #[test]
     fn cluster_and_reader_endpoints_give_a_role_and_the_instance_pattern() {
-        let (role, p) =
-            cluster_endpoint("orders.cluster-c1a2b3d4e5f6.us-east-1.rds.amazonaws.com").unwrap();
+        let (role, p) = cluster_endpoint("orders.cluster-c1a2b3d4e5f6.us-east-1.rds.amazonaws.com")
+            .expect("a cluster endpoint");
         assert_eq!(role, Role::Writer);
         assert_eq!(p.to_string(), "?.c1a2b3d4e5f6.us-east-1.rds.amazonaws.com");
         assert_eq!(
@@ -91,7 +91,7 @@ mod tests {
         );
         let (role, p) =
             cluster_endpoint("orders.cluster-ro-c1a2b3d4e5f6.cn-north-1.rds.amazonaws.com.cn")
-                .unwrap();
+                .expect("a parsed name");
         assert_eq!(role, Role::Reader);
         assert_eq!(
             p.to_string(),
@@ -114,10 +114,15 @@ mod tests {
     #[test]
     fn a_pattern_needs_exactly_one_question_mark() {
         assert_eq!(
-            HostPattern::parse("?.x.example").unwrap().host("a"),
+            HostPattern::parse("?.x.example")
+                .expect("a pattern")
+                .host("a"),
             "a.x.example"
         );
-        assert_eq!(HostPattern::parse("db-?:x").unwrap().host("1"), "db-1:x");
+        assert_eq!(
+            HostPattern::parse("db-?:x").expect("a pattern").host("1"),
+            "db-1:x"
+        );
         for bad in ["x.example", "??.x", "?.x.?", "?", "? .x"] {
             assert!(HostPattern::parse(bad).is_err(), "{bad}");
         }
