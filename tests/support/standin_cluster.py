@@ -112,7 +112,7 @@ class ClusterStandin(Standin):
         self._init_writer(first)
         for inst in rest:
             self._clone(inst, first)
-            self._start(inst)
+            self._start_first(inst)
         for inst in rest:
             self._wait_streaming(first, inst)
         sts_endpoint = self._start_moto() if self.sts else None
@@ -191,12 +191,25 @@ aurora.instance_id = '{inst.id}'
         ]), cwd=self.dir)
         (self.dir / "postgresql.base.conf").write_text((inst.data / "postgresql.conf").read_text())
         self._configure(inst)
-        self._start(inst)
+        self._start_first(inst)
         functions = aurora_sql(self.dir / "topology.json")
         self._psql(inst.port, "template1", functions)
         self._psql(inst.port, "postgres", functions)
         self._psql(inst.port, "postgres", setup_sql(self.master_password, self.plain_password))
         self._psql(inst.port, DATABASE, labdb_sql())
+
+    def _start_first(self, inst: Instance, attempts: int = 5) -> None:
+        """The first start of an instance: a port that another process took between
+        free_port() and the server's bind (tests start clusters in parallel) is replaced by a
+        new one. Later starts keep their port: clients were told it."""
+        for attempt in range(attempts):
+            try:
+                return self._start(inst)
+            except RuntimeError as exc:
+                if "Address already in use" not in str(exc) or attempt + 1 == attempts:
+                    raise
+                inst.port = free_port()
+                self._configure(inst)
 
     def _start(self, inst: Instance) -> None:
         try:
