@@ -70,6 +70,9 @@ fn route(state: &HttpState, method: &Method, path: &str) -> Response<Full<Bytes>
             (None, _) => reply(StatusCode::NOT_FOUND, "not enabled (--quitquitquit)\n"),
             (Some(quit), &Method::POST) => {
                 tracing::info!("/quitquitquit: shutting down");
+                // Not ready from the moment the caller reads this answer (the shutdown task
+                // would flip it too, a moment later).
+                state.health.set_draining();
                 quit.cancel();
                 reply(StatusCode::OK, "shutting down\n")
             }
