@@ -26,29 +26,6 @@ async fn txn_proxy_http(si: &StandIn, size: usize, http: Option<SocketAddr>) -> 
     spec.start().await
 }
 
-/// Waits (bounded) until the pool's server connections lent out number `want`. A connection
-/// goes back just after its client read the ReadyForQuery that ended its transaction, so a
-/// test that needs it back (to see who gets it next) waits for this first.
-async fn active_is(http: SocketAddr, want: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = support::http(http, "GET", "/metrics").await;
-        let seen: f64 = body
-            .lines()
-            .filter(|l| l.starts_with("pg_iam_proxy_pool_server_connections_active"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        if seen == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{seen} server connections lent out, not {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await; // polling the proxy, bounded
-    }
-}
-
 /// Waits (bounded) until the proxy's `pool_pinned_clients_total` for `reason` is at least
 /// `want`.
 async fn pinned_count(http: SocketAddr, reason: &str, want: f64) {
@@ -135,7 +112,6 @@ async fn a_transaction_stays_on_its_backend_and_clients_share_between() {
     let (a, b) = (connect(si, proxy.addr).await, connect(si, proxy.addr).await);
     // Both idle between transactions: one backend serves both in turn.
     let first = pid(&a).await;
-    active_is(http, 0.0).await;
     assert_eq!(pid(&b).await, first, "shared between transactions");
 
     a.batch_execute("BEGIN").await.expect("begin");
@@ -146,27 +122,18 @@ async fn a_transaction_stays_on_its_backend_and_clients_share_between() {
     assert_eq!(pid(&a).await, inside, "same backend inside BEGIN..COMMIT");
     a.batch_execute("COMMIT").await.expect("commit");
     // Returned: now B (LIFO) gets A's former backend.
-    active_is(http, 0.0).await;
     assert_eq!(pid(&b).await, inside, "given back after COMMIT");
 }
 
 /// A pins itself with `sql`; B then opens a transaction, which would take A's backend (the
-/// most recently used) were it back in the pool; A must still be on its backend. With
-/// `returned`, the statement is expected not to pin: its connection must go back first.
-async fn pinned_by(
-    si: &StandIn,
-    addr: SocketAddr,
-    sql: &str,
-    returned: Option<SocketAddr>,
-) -> bool {
+/// most recently used) were it back in the pool (it is back before A reads the
+/// ReadyForQuery that ends its statement); A must still be on its backend.
+async fn pinned_by(si: &StandIn, addr: SocketAddr, sql: &str) -> bool {
     let (a, b) = (connect(si, addr).await, connect(si, addr).await);
     a.batch_execute(sql)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     let before = pid(&a).await;
-    if let Some(http) = returned {
-        active_is(http, 0.0).await;
-    }
     b.batch_execute("BEGIN").await.expect("begin");
     let b_pid = pid(&b).await;
     let after = pid(&a).await;
@@ -192,10 +159,7 @@ async fn each_pin_reason_pins_and_the_rest_does_not() {
         "CREATE TEMP TABLE txn_tmp (a int)",
         "PREPARE txn_p AS SELECT 1",
     ] {
-        assert!(
-            pinned_by(si, proxy.addr, sql, None).await,
-            "{sql} did not pin"
-        );
+        assert!(pinned_by(si, proxy.addr, sql).await, "{sql} did not pin");
     }
     // Counted once the pinning statement's transaction ended.
     for (reason, want) in [
@@ -209,10 +173,7 @@ async fn each_pin_reason_pins_and_the_rest_does_not() {
         pinned_count(http, reason, want).await;
     }
     for sql in ["BEGIN; SET LOCAL work_mem = '2MB'; COMMIT", "SELECT 1"] {
-        assert!(
-            !pinned_by(si, proxy.addr, sql, Some(http)).await,
-            "{sql} pinned"
-        );
+        assert!(!pinned_by(si, proxy.addr, sql).await, "{sql} pinned");
     }
     // Protocol-level unnamed statements do not pin.
     let (a, b) = (connect(si, proxy.addr).await, connect(si, proxy.addr).await);
@@ -225,7 +186,6 @@ async fn each_pin_reason_pins_and_the_rest_does_not() {
         .expect("an unnamed statement");
     assert_eq!(typed[0].get::<_, i32>(0), 2);
     let before = pid(&a).await;
-    active_is(http, 0.0).await;
     b.batch_execute("BEGIN").await.expect("begin");
     assert_ne!(pid(&a).await, before, "unnamed statements do not pin");
     b.batch_execute("COMMIT").await.expect("commit");
@@ -271,7 +231,6 @@ async fn cancel_reaches_the_current_transaction_only() {
     let (a_cancel, b_cancel) = (a.cancel_token(), b.cancel_token());
     // B's last transaction ran on backend X; A's next one gets X (the most recently used).
     let x = pid(&b).await;
-    active_is(http, 0.0).await;
     let sleeping = tokio::spawn(async move {
         let r = a.simple_query("SELECT pg_sleep(2)").await;
         (a, r)
@@ -287,7 +246,6 @@ async fn cancel_reaches_the_current_transaction_only() {
 
     // A's own cancel reaches the server connection of its current transaction.
     let x = pid(&a).await;
-    active_is(http, 0.0).await;
     let sleeping = tokio::spawn(async move { a.simple_query("SELECT pg_sleep(20)").await });
     running(&admin, &x).await;
     a_cancel

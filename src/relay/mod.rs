@@ -107,7 +107,7 @@ pub enum Ended {
 }
 
 /// How a splice ended and what it moved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     /// Why it ended.
     pub ended: Ended,
@@ -126,4 +126,8 @@ pub struct Outcome {
     pub server_idle: bool,
     /// [`splice_transaction`]: why the client was pinned to its server connection, if it was.
     pub pinned: Option<PinReason>,
+    /// [`Ended::Returned`]: what the server sent that the client has yet to get, ending with
+    /// the transaction's final ReadyForQuery (empty if it already went). It belongs to the
+    /// client, not the server connection, which may go back to the pool first.
+    pub tail: Vec<u8>,
 }

@@ -1,6 +1,9 @@
 //! One direction of the splice: read into a buffer that exists only while data moves, write
 //! it on, count it, and follow the message boundaries of what was written (in the pooled
-//! mode, the client's messages as they are read, so Terminate is never written).
+//! mode, the client's messages as they are read, so Terminate is never written, and the
+//! server's both as read and as written). In transaction mode the server's direction can
+//! stop in front of writing a read that ends at ReadyForQuery('I') ([`Pipe::hold`]), so the
+//! connection can go back to the pool before its client learns the transaction is over.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -39,6 +42,12 @@ pub(super) struct Pipe {
     pub scan: Option<PinScan>,
     /// Transaction mode: named prepared statements rewritten ([`super::prepared`]).
     pub rewrite: Option<Rewrite>,
+    /// [`Track::Server`]: after a read that ends at a ReadyForQuery('I'), stop before
+    /// writing it ([`Pipe::held`]).
+    pub hold: bool,
+    /// Stopped as [`Pipe::hold`] says: the next [`Pipe::poll_copy`] writes the read and goes
+    /// on, or [`Pipe::take_pending`] takes it.
+    pub held: bool,
 }
 
 /// What a direction watches beyond message boundaries.
@@ -50,14 +59,39 @@ pub(super) enum Track {
     /// The client's messages, as read: Terminate ends the reading and is dropped, and the
     /// writer (the server connection) is never shut down.
     Client(ClientWatch),
-    /// The server's ReadyForQuery messages, as written.
-    Server(ServerWatch),
+    /// The server's ReadyForQuery messages and its boundaries, as read ([`Pipe::frames`]
+    /// follows what was written).
+    Server {
+        /// ReadyForQuery messages read.
+        watch: ServerWatch,
+        /// Where the bytes read stand.
+        read: Frames,
+    },
+}
+
+impl Track {
+    /// The server's side, as read.
+    pub fn server() -> Self {
+        Self::Server {
+            watch: ServerWatch::default(),
+            read: Frames::default(),
+        }
+    }
 }
 
 impl Pipe {
     /// Read bytes not written yet.
     pub fn pending(&self) -> usize {
         self.buf.len() - self.pos
+    }
+
+    /// Takes the bytes read and not written (after [`Pipe::held`], all of that read).
+    pub fn take_pending(&mut self) -> Vec<u8> {
+        self.held = false;
+        let mut tail = std::mem::take(&mut self.buf);
+        tail.drain(..self.pos);
+        self.pos = 0;
+        tail
     }
 
     /// Takes `bytes` (already read from the client, [`Track::Client`]) as if just read.
@@ -80,7 +114,8 @@ impl Pipe {
     }
 
     /// Copies until the reader has nothing more for now (`Pending`, buffer released) or has
-    /// ended and the writer is shut down (`Ready`; [`Track::Client`]: flushed, left open).
+    /// ended and the writer is shut down (`Ready`; [`Track::Client`]: flushed, left open), or
+    /// a read is [`Pipe::held`] (`Ready`, nothing of it written).
     pub fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -111,6 +146,9 @@ impl Pipe {
                     self.unflushed = false;
                 }
                 return Poll::Pending;
+            }
+            if self.held {
+                return Poll::Ready(Ok(()));
             }
         }
     }
@@ -161,8 +199,7 @@ impl Pipe {
         }
         let written = &self.buf[self.pos..self.pos + n];
         match &mut self.track {
-            Track::Plain => self.frames.advance(written),
-            Track::Server(watch) => _ = self.frames.follow(written, watch),
+            Track::Plain | Track::Server { .. } => self.frames.advance(written),
             Track::Client(_) => {} // followed as read
         }
         self.pos += n;
@@ -195,9 +232,16 @@ impl Pipe {
         Poll::Ready(Ok(()))
     }
 
-    /// [`Track::Client`]: follows the bytes just read; Terminate is cut off with all after
-    /// it, and ends the reading.
+    /// Follows the bytes just read. [`Track::Client`]: Terminate is cut off with all after
+    /// it, and ends the reading. [`Track::Server`]: a read that ends at ReadyForQuery('I') is
+    /// held if [`Pipe::hold`].
     fn watch_read(&mut self) {
+        if let Track::Server { watch, read } = &mut self.track {
+            let before = (watch.ready, watch.status);
+            read.follow(&self.buf, watch);
+            let answered = (watch.ready, watch.status) != before; // a ReadyForQuery ended here
+            self.held = self.hold && answered && watch.is_idle() && read.at_boundary();
+        }
         if let Track::Client(watch) = &mut self.track {
             let kept = self.frames.follow(&self.buf, watch);
             if kept < self.buf.len() {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use super::frames::Frames;
 use super::goodbye::{goodbye, GOODBYE};
 use super::pipe::{Pipe, Track};
 use super::prepared::{lock, Shared};
@@ -57,7 +58,7 @@ where
     let (mut up, mut down) = (Pipe::default(), Pipe::default());
     if mode == Mode::Pooled {
         up.track = Track::Client(Default::default());
-        down.track = Track::Server(Default::default());
+        down.track = Track::server();
     }
     finish(client, upstream, up, down, cut, idle, meters).await
 }
@@ -65,7 +66,9 @@ where
 /// Transaction pooling: [`splice_with`] in [`Mode::Pooled`] from `early` (what the client
 /// sent before the server connection was assigned), scanning the client's SQL for what pins
 /// it ([`super::pin`]), that also ends with [`Ended::Returned`] as soon as the server
-/// connection is provably idle outside a transaction block. [`Outcome::pinned`] says whether
+/// connection is provably idle outside a transaction block: in the common case before the
+/// final ReadyForQuery is written to the client, which is left in [`Outcome::tail`] for the
+/// caller to write once the connection is back. [`Outcome::pinned`] says whether
 /// (and why) the client must keep the connection: the caller then goes on with
 /// [`splice_with`] in [`Mode::Pooled`] (both sides stand settled, as after a greeting).
 pub async fn splice_transaction<C, U>(
@@ -81,8 +84,9 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut up, down) = rewriting(prepared);
+    let (mut up, mut down) = rewriting(prepared);
     up.scan = Some(Default::default());
+    down.hold = true;
     up.preload(early);
     let mut outcome = finish(client, upstream, up, down, cut, idle, meters).await;
     if outcome.pinned.is_none() && lock(prepared).pinned {
@@ -113,7 +117,7 @@ where
 fn rewriting(prepared: &Shared) -> (Pipe, Pipe) {
     let (mut up, mut down) = (Pipe::default(), Pipe::default());
     up.track = Track::Client(Default::default());
-    down.track = Track::Server(Default::default());
+    down.track = Track::server();
     up.rewrite = Some(Rewrite::new(prepared.clone(), true));
     down.rewrite = Some(Rewrite::new(prepared.clone(), false));
     (up, down)
@@ -134,12 +138,12 @@ where
 {
     let mut ended = relay(client, upstream, &mut up, &mut down, cut, idle, meters).await;
     let mut server_idle = ended == Ended::Returned;
-    if let (Track::Client(c), Track::Server(s)) = (&up.track, &down.track) {
+    if let (Track::Client(c), Track::Server { watch, read }) = (&up.track, &down.track) {
         if ended == (Ended::Closed { client_first: true }) && !down.done {
             ended = Ended::Released {
                 terminate: c.terminate,
             };
-            server_idle = track::idle(side(&up, c), side(&down, s));
+            server_idle = track::idle(client_side(&up, c), server_side(&down, watch, read));
             let _ = tokio::time::timeout(GOODBYE, client.shutdown()).await;
         }
     }
@@ -148,6 +152,10 @@ where
         Ended::Closed { .. } | Ended::Failed | Ended::Released { .. } | Ended::Returned => false,
     };
     let pinned = up.scan.as_ref().and_then(|s| s.pinned);
+    let tail = match ended {
+        Ended::Returned => down.take_pending(),
+        _ => Vec::new(),
+    };
     if ended != Ended::Returned {
         tracing::debug!(
             to_server = up.bytes,
@@ -165,25 +173,38 @@ where
         told,
         server_idle,
         pinned,
+        tail,
     }
 }
 
 /// Transaction mode: the server connection is provably idle outside a transaction block
-/// (nothing read and unwritten either way).
+/// (the client's bytes all written, the server's all read; some may be unwritten).
 fn transaction_over(up: &Pipe, down: &Pipe) -> bool {
-    if up.scan.is_none() || up.eof {
+    if up.scan.is_none() || up.eof || down.eof {
         return false;
     }
     match (&up.track, &down.track) {
-        (Track::Client(c), Track::Server(s)) => track::idle(side(up, c), side(down, s)),
+        (Track::Client(c), Track::Server { watch, read }) => {
+            track::idle(client_side(up, c), server_side(down, watch, read))
+        }
         _ => false,
     }
 }
 
-fn side<'a, W>(pipe: &'a Pipe, watch: &'a W) -> Side<'a, W> {
+/// The client's side: followed as read.
+fn client_side<'a, W>(pipe: &'a Pipe, watch: &'a W) -> Side<'a, W> {
     Side {
         watch,
         frames: &pipe.frames,
+        pending: pipe.pending(),
+    }
+}
+
+/// The server's side, as read.
+fn server_side<'a, W>(pipe: &'a Pipe, watch: &'a W, read: &'a Frames) -> Side<'a, W> {
+    Side {
+        watch,
+        frames: read,
         pending: pipe.pending(),
     }
 }
@@ -206,7 +227,7 @@ where
     let client_ends = matches!(up.track, Track::Client(_));
     let mut idle_timer = idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
     let mut moved = 0u64;
-    let copy = poll_fn(|cx| {
+    let copy = poll_fn(|cx| loop {
         if !up.done {
             let (r, w) = (Pin::new(&mut *client), Pin::new(&mut *upstream));
             if let Poll::Ready(r) = up.poll_copy(cx, r, w, meters.to_server) {
@@ -218,7 +239,9 @@ where
             let (r, w) = (Pin::new(&mut *upstream), Pin::new(&mut *client));
             if let Poll::Ready(r) = down.poll_copy(cx, r, w, meters.to_client) {
                 r?;
-                client_first.get_or_insert(false);
+                if !down.held {
+                    client_first.get_or_insert(false);
+                }
             }
         }
         if up.done && (down.done || client_ends) {
@@ -226,6 +249,11 @@ where
         }
         if transaction_over(up, down) {
             return Poll::Ready(Ok(true));
+        }
+        if down.held {
+            // Not over after all (more was asked): write what was held and go on.
+            down.held = false;
+            continue;
         }
         if let Some((limit, timer)) = idle_timer.as_mut() {
             let total = up.bytes + down.bytes;
@@ -237,7 +265,7 @@ where
                 return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
             }
         }
-        Poll::Pending
+        return Poll::Pending;
     });
     tokio::select! {
         biased; // once cut, relay no more

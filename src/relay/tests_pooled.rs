@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frames::Frames;
 use super::track::{idle, ClientWatch, ServerWatch, Side};
-use super::{splice_with, Ended, Meters, Mode, Outcome};
+use super::{splice_transaction, splice_with, Ended, Meters, Mode, Outcome};
 
 /// A message with `tag` and `body`.
 fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -292,4 +292,85 @@ async fn plain_mode_forwards_terminate_as_before() {
     let (outcome, _) = e.relay.await.expect("join");
     assert!(matches!(outcome.ended, Ended::Closed { .. }));
     assert!(!outcome.server_idle);
+}
+
+/// Transaction mode over in-memory streams: the relay and the client's end.
+fn start_transaction(early: Vec<u8>) -> (DuplexStream, DuplexStream, JoinHandle<Outcome>) {
+    let (client, mut proxy_client) = tokio::io::duplex(64 * 1024);
+    let (mut proxy_upstream, server) = tokio::io::duplex(64 * 1024);
+    let relay = tokio::spawn(async move {
+        let cut = CancellationToken::new();
+        let prepared = Default::default();
+        let o = splice_transaction(
+            &mut proxy_client,
+            &mut proxy_upstream,
+            &early,
+            cut,
+            None,
+            Meters::NONE,
+            &prepared,
+        );
+        o.await
+    });
+    (client, server, relay)
+}
+
+#[tokio::test]
+async fn a_transaction_returns_before_its_final_ready_for_query_is_written() {
+    let (mut client, mut server, relay) = start_transaction(query());
+    assert_eq!(read_n(&mut server, query().len()).await, query());
+    let answer = cat(&[rows(), ready(b'I')]);
+    server.write_all(&answer).await.expect("write");
+    let outcome = relay.await.expect("join");
+    assert_eq!(outcome.ended, Ended::Returned);
+    assert_eq!(outcome.pinned, None);
+    assert!(outcome.tail.ends_with(&ready(b'I')), "{:?}", outcome.tail);
+    let mut got = Vec::new();
+    client
+        .read_to_end(&mut got)
+        .await
+        .expect("the relay's end closed");
+    assert_eq!(
+        got, b"",
+        "the client got bytes before the connection went back"
+    );
+    assert_eq!(
+        outcome.tail, answer,
+        "the whole answer, read at once, was held"
+    );
+}
+
+#[tokio::test]
+async fn a_pipelined_second_request_keeps_the_connection_until_its_answer() {
+    let two = cat(&[query(), query()]);
+    let (mut client, mut server, relay) = start_transaction(two.clone());
+    assert_eq!(read_n(&mut server, two.len()).await, two);
+    let first = cat(&[rows(), ready(b'I')]);
+    server.write_all(&first).await.expect("write");
+    assert_eq!(
+        read_n(&mut client, first.len()).await,
+        first,
+        "the first answer is not held: the second is owed"
+    );
+    assert!(!relay.is_finished());
+    server.write_all(&first).await.expect("write");
+    let outcome = relay.await.expect("join");
+    assert_eq!(outcome.ended, Ended::Returned);
+    assert_eq!(outcome.tail, first);
+}
+
+#[tokio::test]
+async fn a_transaction_block_is_not_returned_at_its_begin() {
+    let (mut client, mut server, relay) = start_transaction(query());
+    assert_eq!(read_n(&mut server, query().len()).await, query());
+    let begin = cat(&[msg(b'C', b"BEGIN\0"), ready(b'T')]);
+    server.write_all(&begin).await.expect("write");
+    assert_eq!(read_n(&mut client, begin.len()).await, begin);
+    client.write_all(&query()).await.expect("write");
+    assert_eq!(read_n(&mut server, query().len()).await, query());
+    let commit = cat(&[msg(b'C', b"COMMIT\0"), ready(b'I')]);
+    server.write_all(&commit).await.expect("write");
+    let outcome = relay.await.expect("join");
+    assert_eq!(outcome.ended, Ended::Returned);
+    assert_eq!(outcome.tail, commit);
 }

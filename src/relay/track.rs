@@ -8,13 +8,17 @@
 //! CopyFail and Flush do not: outside COPY the server ignores the copy messages and Flush
 //! only flushes (postgres.c), and inside COPY the ReadyForQuery count is still short.
 //!
-//! Server -> client ([`ServerWatch`], followed as bytes are written): ReadyForQuery (`Z`)
-//! is counted and its status byte (its one body byte, which may come in a later chunk than
-//! its header) kept.
+//! Server -> client ([`ServerWatch`], followed as bytes are read, since what the server
+//! connection owes depends on what it sent, not on what the client took yet): ReadyForQuery
+//! (`Z`) is counted and its status byte (its one body byte, which may come in a later chunk
+//! than its header) kept.
 //!
-//! Provably idle ([`idle`]): both directions between messages with nothing unwritten, as
-//! many ReadyForQuery as requests for one, nothing sent since the last request, and the
-//! last status `I`. A session that never sent anything stands at the greeting's `Z('I')`.
+//! Provably idle ([`idle`]): the client's bytes all written and both directions between
+//! messages as read, as many ReadyForQuery as requests for one, nothing sent since the last
+//! request, and the last status `I`. A session that never sent anything stands at the
+//! greeting's `Z('I')`. Bytes the server sent that the client has not taken yet do not
+//! count: transaction mode gives the connection back before it writes the final
+//! ReadyForQuery to the client.
 
 use super::frames::{Frames, Step, Watch};
 
@@ -71,6 +75,13 @@ impl Default for ServerWatch {
     }
 }
 
+impl ServerWatch {
+    /// The last ReadyForQuery said idle, outside a transaction block.
+    pub fn is_idle(&self) -> bool {
+        self.status == IDLE
+    }
+}
+
 impl Watch for ServerWatch {
     fn start(&mut self, tag: u8) -> Step {
         if tag != b'Z' {
@@ -86,27 +97,23 @@ impl Watch for ServerWatch {
     }
 }
 
-/// One direction as the verdict needs it: its boundaries and its unwritten bytes.
+/// One direction as the verdict needs it: its boundaries (as read) and its unwritten bytes.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Side<'a, W> {
     /// The messages seen.
     pub watch: &'a W,
-    /// Where the stream stands.
+    /// Where the stream stands, as read.
     pub frames: &'a Frames,
     /// Bytes read and not written yet.
     pub pending: usize,
 }
 
-impl<W> Side<'_, W> {
-    fn settled(&self) -> bool {
-        self.pending == 0 && self.frames.at_boundary()
-    }
-}
-
-/// True if the server connection provably owes nothing and stands outside a transaction.
+/// True if the server connection provably owes nothing and stands outside a transaction
+/// (whatever of its answer the client has yet to take).
 pub(super) fn idle(client: Side<'_, ClientWatch>, server: Side<'_, ServerWatch>) -> bool {
-    client.settled()
-        && server.settled()
+    client.pending == 0
+        && client.frames.at_boundary()
+        && server.frames.at_boundary()
         && client.watch.requests == server.watch.ready
         && !client.watch.since
         && server.watch.status == IDLE

@@ -265,12 +265,12 @@ impl Client<'_> {
         self.count_reprepared();
         match (outcome.ended, outcome.pinned) {
             (Ended::Returned, None) => {
+                // Back before the client reads the ReadyForQuery that ends its transaction,
+                // so whatever it does next finds the connection in the pool.
                 self.cancel.unassign().await;
-                let mut kept = statements(&self.prepared);
-                lent.conn_mut().statements = std::mem::take(&mut kept.server);
-                drop(kept);
+                lent.conn_mut().statements = std::mem::take(&mut statements(&self.prepared).server);
                 lent.return_idle();
-                return true;
+                return self.deliver(client, &outcome.tail, meters).await;
             }
             (Ended::Returned, Some(reason)) => {
                 // Settled and idle: the rest of the session is relayed as session mode does.
@@ -280,6 +280,13 @@ impl Client<'_> {
                 );
                 let pools = &self.pooling.pools;
                 pools.metrics().pinned(pools.target(), reason.as_str());
+                if !self.deliver(client, &outcome.tail, meters).await {
+                    self.cancel.unassign().await;
+                    let server = &mut lent.conn_mut().statements;
+                    *server = statements(&self.prepared).server.cleared();
+                    release(lent, true, &self.pooling.config.reset_query).await;
+                    return false;
+                }
                 let stream = &mut lent.conn_mut().conn.stream;
                 let cut = self.cut.clone();
                 outcome = relay::splice_pinned(client, stream, cut, idle, meters, p).await;
@@ -300,6 +307,37 @@ impl Client<'_> {
         *server = statements(&self.prepared).server.cleared();
         release(lent, reusable, &self.pooling.config.reset_query).await;
         false
+    }
+
+    /// Writes the end of a transaction's answer that the relay left for after the connection
+    /// went back (see [`relay::Outcome::tail`]), within the idle timeout and until the proxy
+    /// cuts; false if the client did not take it.
+    async fn deliver<S: AsyncWrite + Unpin>(
+        &self,
+        client: &mut S,
+        tail: &[u8],
+        meters: relay::Meters<'_>,
+    ) -> bool {
+        if tail.is_empty() {
+            return true;
+        }
+        let write = wire::send(client, tail);
+        let limited = async {
+            match self.ctx.settings.idle_timeout {
+                Some(limit) => tokio::time::timeout(limit, write).await.ok(),
+                None => Some(write.await),
+            }
+        };
+        match or_cut(&self.cut, limited).await {
+            Some(Some(Ok(()))) => {
+                meters.to_client.add(tail.len() as u64);
+                true
+            }
+            _ => {
+                tracing::debug!("client did not take the end of its transaction's answer");
+                false
+            }
+        }
     }
 
     /// Counts the statements prepared again on a server connection since the last count.
