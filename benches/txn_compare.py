@@ -10,8 +10,9 @@ Figures: (a) pgbench -n -S (simple protocol) -c CLIENTS -j 2 -T SECONDS through 
 SERVERS server connections; prints the median tps of each and the median of the per-round
 ratios proxy / PgBouncer (target >= 1.0x). Reuses benches/pool_compare.py's helpers (stand-in,
 PgBouncer, data, pgbench); PgBouncer logs in as the stand-in's password user, the proxy as the
-IAM user. (b) memory of idle clients: the RSS delta of a fresh transaction-mode proxy over
-IDLE idle clients (psycopg in autocommit mode, each has run `SELECT 1`), total and per client.
+IAM user. (b) memory of idle clients: the RSS delta of a fresh transaction-mode proxy, and of
+a fresh PgBouncer in transaction mode, over IDLE idle clients (psycopg in autocommit mode, each
+has run `SELECT 1`), total and per client; `--idle 10000` measures the issue's figure directly.
 (c) pgbench -S -M prepared (named protocol-level statements) against -M simple, both through
 the proxy in transaction mode, interleaved rounds; prints the median of the per-round ratios
 prepared / simple (target >= 0.9x). PgBouncer 1.18 cannot run -M prepared in this mode.
@@ -42,7 +43,8 @@ def main():
     ap.add_argument("--bin", help="the proxy binary (default: target/release/pg-iam-proxy, built if stale)")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8 * args.clients + 1024)), hard))
+    want = max(8 * args.clients, args.idle) + 1024  # pgbench's and the idle clients' sockets
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, want)), hard))
     binary = pc.ensure_proxy(args)
     bouncer_bin = pc.ensure_pgbouncer()
     workdir = tempfile.mkdtemp(prefix="txn-compare-")
@@ -78,13 +80,7 @@ def main():
             p.wait()
         procs = []
         if args.idle:
-            print(f"\n(b) {args.idle} idle clients on a fresh proxy (pool size {args.servers})", flush=True)
-            proc, port = pc.start_proxy(binary, info, flags)
-            procs.append(proc)
-            per = pc.idle_memory("proxy-transaction", proc.pid, port, info["iam_user"], args.idle,
-                                 autocommit=True)  # else each holds its server connection
-            print(f"  {per * args.idle / 1024:.1f} MiB for {args.idle} idle clients "
-                  f"({per * 10000 / 1024:.0f} MiB at 10,000 at this rate; target <= 200 MiB)")
+            idle_memory(args, binary, bouncer_bin, info, flags, workdir)
     finally:
         for p in procs:
             p.terminate()
@@ -92,6 +88,32 @@ def main():
         standin.stdin.close()
         standin.wait()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def idle_memory(args, binary, bouncer_bin, info, flags, workdir):
+    """(b): each on a fresh process, one after the other; autocommit, else each client would
+    hold its server connection."""
+    print(f"\n(b) {args.idle} idle clients on a fresh process (pool size {args.servers})", flush=True)
+    per = {}
+    proc, port = pc.start_proxy(binary, info, flags)
+    try:
+        per["proxy"] = pc.idle_memory("proxy-transaction", proc.pid, port, info["iam_user"], args.idle,
+                                      autocommit=True)
+    finally:
+        proc.terminate()
+        proc.wait()
+    proc, port = pc.start_pgbouncer(bouncer_bin, info, os.path.join(workdir, "idle"), args.servers,
+                                    args.idle + 100, mode="transaction")
+    try:
+        per["pgbouncer"] = pc.idle_memory("pgbouncer", proc.pid, port, info["plain_user"], args.idle,
+                                          autocommit=True)
+    finally:
+        proc.terminate()
+        proc.wait()
+    total = per["proxy"] * args.idle / 1024
+    print(f"  proxy: {total:.1f} MiB for {args.idle} idle clients "
+          f"({per['proxy'] * 10000 / 1024:.0f} MiB at 10,000 at this rate; target <= 200 MiB); "
+          f"{per['proxy'] / per['pgbouncer']:.2f}x PgBouncer's per-client memory (lower is better)")
 
 
 def prepared_vs_simple(args, proxy):
