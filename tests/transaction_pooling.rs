@@ -78,7 +78,8 @@ async fn pid(client: &Client) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clients_over_two_connections_are_served() {
     let si = StandIn::shared();
-    let proxy = txn_proxy(si, 2).await;
+    let http = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let proxy = txn_proxy_http(si, 2, Some(http)).await;
     let mut clients = Vec::new();
     for _ in 0..20 {
         clients.push(connect(si, proxy.addr).await);
@@ -102,13 +103,48 @@ async fn many_clients_over_two_connections_are_served() {
         pids.len() <= 2,
         "at most two backends served 20 clients: {pids:?}"
     );
+    // The peaks: 20 clients at once, at most 2 server connections, and their ratio.
+    let (_, body) = support::http(http, "GET", "/metrics").await;
+    let clients = metric(&body, "pg_iam_proxy_pool_clients_peak");
+    let servers = metric(&body, "pg_iam_proxy_pool_server_connections_peak");
+    let ratio = metric(
+        &body,
+        "pg_iam_proxy_pool_server_connections_per_client_at_peak",
+    );
+    assert_eq!(clients, 20.0, "{body}");
+    assert!((1.0..=2.0).contains(&servers), "{body}");
+    assert_eq!(ratio, servers / 20.0, "{body}");
+    // The clients are gone: their count goes back to 0 (the peaks stay).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = support::http(http, "GET", "/metrics").await;
+        if metric(&body, "pg_iam_proxy_pool_clients") == 0.0 {
+            assert_eq!(metric(&body, "pg_iam_proxy_pool_clients_peak"), 20.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "clients still counted: {body}");
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling the proxy, bounded
+    }
+}
+
+/// The value of the one series of `name` in a metrics exposition.
+fn metric(body: &str, name: &str) -> f64 {
+    let values: Vec<f64> = body
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(values.len(), 1, "{name} in {body}");
+    values[0]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_stays_on_its_backend_and_clients_share_between() {
     let si = StandIn::shared();
-    let http = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
-    let proxy = txn_proxy_http(si, 2, Some(http)).await;
+    let proxy = txn_proxy(si, 2).await;
     let (a, b) = (connect(si, proxy.addr).await, connect(si, proxy.addr).await);
     // Both idle between transactions: one backend serves both in turn.
     let first = pid(&a).await;

@@ -1,6 +1,7 @@
 //! Per-pool metrics (labels target, user, database): server connections active / idle /
-//! opening, clients waiting, wait seconds, logins, reuses, resets and closes by reason.
-//! [`PoolMetrics::register`] adds the families to the process registry.
+//! opening, clients waiting, wait seconds, logins, reuses, resets and closes by reason; per
+//! target, the peaks ([`super::peaks`]). [`PoolMetrics::register`] adds the families to the
+//! process registry.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -9,6 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use super::peaks::{PeakMetrics, Peaks};
 use super::PoolKey;
 
 /// Labels of one pool.
@@ -127,6 +129,7 @@ pub struct PoolMetrics {
     closes: Family<CloseLabels, Counter>,
     pinned: Family<PinLabels, Counter>,
     reprepared: Family<TargetLabels, Counter>,
+    peaks: PeakMetrics,
 }
 
 impl Default for PoolMetrics {
@@ -145,6 +148,7 @@ impl Default for PoolMetrics {
             closes: Family::default(),
             pinned: Family::default(),
             reprepared: Family::default(),
+            peaks: PeakMetrics::default(),
         }
     }
 }
@@ -165,6 +169,8 @@ pub(crate) struct PoolSeries {
     pub transactions: Counter,
     closes: Family<CloseLabels, Counter>,
     labels: PoolLabels,
+    /// The target's peaks (shared by its pools).
+    pub peaks: Peaks,
 }
 
 impl PoolSeries {
@@ -181,8 +187,13 @@ impl PoolSeries {
 }
 
 impl PoolMetrics {
-    /// The series of the pool `key` of `target`.
-    pub(crate) fn series(&self, target: &str, key: &PoolKey) -> PoolSeries {
+    /// The peak series of `target` (one per target: its pools share it).
+    pub(crate) fn peaks(&self, target: &str) -> Peaks {
+        self.peaks.series(target)
+    }
+
+    /// The series of the pool `key` of `target`, whose peaks are `peaks`.
+    pub(crate) fn series(&self, target: &str, key: &PoolKey, peaks: &Peaks) -> PoolSeries {
         let labels = PoolLabels {
             target: target.to_owned(),
             user: key.user.clone(),
@@ -212,6 +223,7 @@ impl PoolMetrics {
             transactions,
             closes: self.closes.clone(),
             labels,
+            peaks: peaks.clone(),
         }
     }
 
@@ -332,5 +344,6 @@ impl PoolMetrics {
             "Named prepared statements of clients prepared again on a server connection (transaction mode)",
             self.reprepared.clone(),
         );
+        self.peaks.register(r);
     }
 }

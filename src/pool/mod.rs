@@ -22,13 +22,15 @@
 //!
 //! Files: [`traits`] (what the pool needs of a connection and a connector), `pool_core` (one pool:
 //! idle list, permits, counts), `open` (opening for a client), [`guard`] (the checked-out
-//! connection), `maintain` (the per-pool task), [`metrics`], [`error`].
+//! connection), `maintain` (the per-pool task), [`metrics`], [`peaks`] (clients and server
+//! connections at their peaks), [`error`].
 
 pub mod error;
 pub mod guard;
 mod maintain;
 pub mod metrics;
 mod open;
+pub mod peaks;
 mod pool_core;
 pub mod traits;
 
@@ -44,6 +46,8 @@ use tokio_util::sync::CancellationToken;
 pub use error::{PoolError, ToClient};
 pub use guard::Checkout;
 pub use metrics::{CloseReason, PoolMetrics};
+pub use peaks::ClientCount;
+use peaks::Peaks;
 pub use traits::{Conn, Connector};
 
 use pool_core::Core;
@@ -131,6 +135,7 @@ pub struct Pools<C: Connector> {
     target: String,
     settings: Settings,
     metrics: Arc<PoolMetrics>,
+    peaks: Peaks,
     pools: Arc<Map<C::Conn>>,
     stop: CancellationToken,
 }
@@ -138,8 +143,10 @@ pub struct Pools<C: Connector> {
 impl<C: Connector> Pools<C> {
     /// The pools of `target` (the metrics label).
     pub fn new(target: impl Into<String>, settings: Settings, metrics: Arc<PoolMetrics>) -> Self {
+        let target = target.into();
         Self {
-            target: target.into(),
+            peaks: metrics.peaks(&target),
+            target,
             settings: settings.normalized(),
             metrics,
             pools: Arc::default(),
@@ -167,7 +174,7 @@ impl<C: Connector> Pools<C> {
         if let Some(core) = pools.get(&key) {
             return core.clone();
         }
-        let series = self.metrics.series(&self.target, &key);
+        let series = self.metrics.series(&self.target, &key, &self.peaks);
         let judge = connector.clone();
         let core = Arc::new(Core::new(
             key.clone(),
@@ -194,6 +201,11 @@ impl<C: Connector> Pools<C> {
     /// The pool metric families.
     pub fn metrics(&self) -> &PoolMetrics {
         &self.metrics
+    }
+
+    /// Counts a client of a pooled session until the guard is dropped ([`peaks`]).
+    pub fn client(&self) -> ClientCount {
+        self.peaks.client()
     }
 
     /// The target's name (the metrics label).

@@ -275,6 +275,10 @@ impl<T: Conn> Core<T> {
         for ((gauge, new), old) in gauges.into_iter().zip(now).zip(st.shown) {
             gauge.inc_by(new - old);
         }
+        let total = |counts: [i64; 3]| counts.iter().sum::<i64>();
+        self.series
+            .peaks
+            .servers_moved(total(now) - total(st.shown));
         st.shown = now;
     }
 }
@@ -291,5 +295,8 @@ impl<T> Drop for Core<T> {
         for (gauge, old) in gauges.into_iter().zip(st.shown) {
             gauge.dec_by(old);
         }
+        self.series
+            .peaks
+            .servers_moved(-st.shown.iter().sum::<i64>());
     }
 }

@@ -98,6 +98,7 @@ async fn session<S>(
     // Boxed: an idle connection's task holds only the branch it took, not the larger of both.
     match &ctx.pooling {
         Some(pooling) if pooled::poolable(&info) => {
+            let _counted = pooling.pools.client(); // the pools' peaks
             if pooling.config.mode == PoolMode::Transaction {
                 let txn = txn::session(ctx, pooling, client, user, info, cut, &traffic);
                 Box::pin(txn).await

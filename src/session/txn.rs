@@ -134,6 +134,10 @@ fn lock(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Bytes of a transaction's first read, in place: most lone statements (a simple query, a
+/// Bind/Execute/Sync of a prepared one) fit; the relay reads whatever more there is.
+const FIRST_READ: usize = 256;
+
 /// What the client did while it held no server connection.
 enum Waited {
     /// It sent these bytes: a transaction starts.
@@ -173,10 +177,11 @@ impl Client<'_> {
         self.cancel.release().await;
     }
 
-    /// Waits for the client's next bytes, at most the idle timeout.
+    /// Waits for the client's next bytes, at most the idle timeout. The first read is
+    /// small and in place, so an idle client holds no buffer; the relay reads the rest.
     async fn wait<S: AsyncRead + Unpin>(&self, client: &mut S) -> Waited {
-        let mut buf = Vec::with_capacity(8 * 1024);
-        let read = client.read_buf(&mut buf);
+        let mut first = [0u8; FIRST_READ];
+        let read = client.read(&mut first);
         let limited = async {
             match self.ctx.settings.idle_timeout {
                 Some(limit) => tokio::time::timeout(limit, read).await.ok(),
@@ -186,7 +191,7 @@ impl Client<'_> {
         match or_cut(&self.cut, limited).await {
             None => Waited::Cut,
             Some(None) => Waited::Idle,
-            Some(Some(Ok(n))) if n > 0 && buf[0] != b'X' => Waited::Sent(buf),
+            Some(Some(Ok(n))) if n > 0 && first[0] != b'X' => Waited::Sent(first[..n].to_vec()),
             Some(Some(_)) => Waited::Left,
         }
     }
