@@ -105,7 +105,7 @@ pub(super) async fn after_hello<S>(
         (Hello::Startup(info), Ok(())) => info,
         (Hello::Tls, _) => {
             let e = ClientError::new(sqlstate::PROTOCOL_VIOLATION, "repeated SSLRequest");
-            return client::reject(&mut client, &e).await;
+            return Box::pin(client::reject(&mut client, &e)).await;
         }
         (hello, Err(refusal)) => {
             let cancel = matches!(hello, Hello::Cancel(_));
@@ -119,7 +119,7 @@ pub(super) async fn after_hello<S>(
         Err(refusal) => return Box::pin(refuse(ctx, &mut client, refusal, false)).await,
     };
     match ctx.db_users.decide(&ctx.access, &identity, &info.user) {
-        Ok(user) => session(ctx, client, &identity, user, info, cut).await,
+        Ok(user) => Box::pin(session(ctx, client, &identity, user, info, cut)).await,
         Err(refusal) => Box::pin(refuse(ctx, &mut client, refusal, false)).await,
     }
 }

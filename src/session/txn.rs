@@ -56,7 +56,9 @@ pub(super) async fn session<S>(
     let (key, settable) = split(user, &info);
     drop(info);
     let connector = pooling.connector.for_client(&settable);
-    let Some(mut shown) = baseline(ctx, pooling, &key, &connector, &mut client, &cut).await else {
+    // Boxed stages: an idle client's future holds none of the first checkout's state.
+    let first = Box::pin(baseline(ctx, pooling, &key, &connector, &mut client, &cut));
+    let Some(mut shown) = first.await else {
         return;
     };
     for (name, value) in &settable {
@@ -167,10 +169,11 @@ impl Client<'_> {
                     break;
                 }
             };
-            let Some(lent) = self.lend(client).await else {
+            // Boxed stages: an idle client's future holds only the wait.
+            let Some(lent) = Box::pin(self.lend(client)).await else {
                 break;
             };
-            if !self.transaction(client, lent, &early).await {
+            if !Box::pin(self.transaction(client, lent, &early)).await {
                 break;
             }
         }
