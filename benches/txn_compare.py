@@ -94,22 +94,19 @@ def idle_memory(args, binary, bouncer_bin, info, flags, workdir):
     """(b): each on a fresh process, one after the other; autocommit, else each client would
     hold its server connection."""
     print(f"\n(b) {args.idle} idle clients on a fresh process (pool size {args.servers})", flush=True)
+    starts = {
+        "proxy": (lambda: pc.start_proxy(binary, info, flags), info["iam_user"]),
+        "pgbouncer": (lambda: pc.start_pgbouncer(bouncer_bin, info, os.path.join(workdir, "idle"), args.servers,
+                                                 args.idle + 100, mode="transaction"), info["plain_user"]),
+    }
     per = {}
-    proc, port = pc.start_proxy(binary, info, flags)
-    try:
-        per["proxy"] = pc.idle_memory("proxy-transaction", proc.pid, port, info["iam_user"], args.idle,
-                                      autocommit=True)
-    finally:
-        proc.terminate()
-        proc.wait()
-    proc, port = pc.start_pgbouncer(bouncer_bin, info, os.path.join(workdir, "idle"), args.servers,
-                                    args.idle + 100, mode="transaction")
-    try:
-        per["pgbouncer"] = pc.idle_memory("pgbouncer", proc.pid, port, info["plain_user"], args.idle,
-                                          autocommit=True)
-    finally:
-        proc.terminate()
-        proc.wait()
+    for name, (start, user) in starts.items():
+        proc, port = start()
+        try:
+            per[name] = pc.idle_memory(name, proc.pid, port, user, args.idle, autocommit=True)
+        finally:
+            proc.terminate()
+            proc.wait()
     total = per["proxy"] * args.idle / 1024
     print(f"  proxy: {total:.1f} MiB for {args.idle} idle clients "
           f"({per['proxy'] * 10000 / 1024:.0f} MiB at 10,000 at this rate; target <= 200 MiB); "

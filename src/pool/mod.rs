@@ -159,7 +159,7 @@ impl<C: Connector> Pools<C> {
     /// for warm-ups, so it must not depend on the client. Waits at most the pool timeout.
     pub async fn checkout(
         &self,
-        key: PoolKey,
+        key: &PoolKey,
         connector: &C,
     ) -> Result<Checkout<C::Conn>, PoolError<C::Error>> {
         if self.stop.is_cancelled() {
@@ -169,12 +169,12 @@ impl<C: Connector> Pools<C> {
         open::checkout(core, connector).await
     }
 
-    fn pool_for(&self, key: PoolKey, connector: &C) -> Arc<Core<C::Conn>> {
+    fn pool_for(&self, key: &PoolKey, connector: &C) -> Arc<Core<C::Conn>> {
         let mut pools = lock(&self.pools);
-        if let Some(core) = pools.get(&key) {
+        if let Some(core) = pools.get(key) {
             return core.clone();
         }
-        let series = self.metrics.series(&self.target, &key, &self.peaks);
+        let series = self.metrics.series(&self.target, key, &self.peaks);
         let judge = connector.clone();
         let core = Arc::new(Core::new(
             key.clone(),
@@ -189,7 +189,7 @@ impl<C: Connector> Pools<C> {
             Arc::downgrade(&self.pools),
             self.metrics.clone(),
         );
-        pools.insert(key, core.clone());
+        pools.insert(key.clone(), core.clone());
         core
     }
 

@@ -39,7 +39,7 @@ mod track;
 pub use frames::Frames;
 pub use goodbye::{FINISH_MESSAGE, GOODBYE};
 pub use pin::PinReason;
-pub use splice::{splice, splice_pinned, splice_transaction, splice_with};
+pub use splice::{splice, splice_transaction, splice_with, Phase};
 
 /// What the relay follows beyond bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

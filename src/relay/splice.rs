@@ -63,18 +63,21 @@ where
     finish(client, upstream, up, down, cut, idle, meters).await
 }
 
-/// Transaction pooling: [`splice_with`] in [`Mode::Pooled`] from `early` (what the client
-/// sent before the server connection was assigned), scanning the client's SQL for what pins
-/// it ([`super::pin`]), that also ends with [`Ended::Returned`] as soon as the server
-/// connection is provably idle outside a transaction block: in the common case before the
-/// final ReadyForQuery is written to the client, which is left in [`Outcome::tail`] for the
-/// caller to write once the connection is back. [`Outcome::pinned`] says whether
-/// (and why) the client must keep the connection: the caller then goes on with
-/// [`splice_with`] in [`Mode::Pooled`] (both sides stand settled, as after a greeting).
+/// Transaction pooling: [`splice_with`] in [`Mode::Pooled`], the client's named statements
+/// rewritten ([`super::prepared`]).
+///
+/// In [`Phase::Transaction`] it starts from `early` (what the client sent before the server
+/// connection was assigned), scans the client's SQL for what pins it ([`super::pin`]), and
+/// also ends with [`Ended::Returned`] as soon as the server connection is provably idle
+/// outside a transaction block: in the common case before the final ReadyForQuery is
+/// written to the client, which is left in [`Outcome::tail`] for the caller to write once
+/// the connection is back. [`Outcome::pinned`] says whether (and why) the client must keep
+/// the connection: the caller then goes on in [`Phase::Pinned`] (both sides stand settled,
+/// as after a greeting), which relays until the client leaves, as session mode does.
 pub async fn splice_transaction<C, U>(
     client: &mut C,
     upstream: &mut U,
-    early: &[u8],
+    phase: Phase<'_>,
     cut: CancellationToken,
     idle: Option<Duration>,
     meters: Meters<'_>,
@@ -85,9 +88,12 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut up, mut down) = rewriting(prepared);
+    let Phase::Transaction { early } = phase else {
+        return finish(client, upstream, up, down, cut, idle, meters).await;
+    };
     up.scan = Some(Default::default());
-    down.hold = true;
     up.preload(early);
+    down.hold = true;
     let mut outcome = finish(client, upstream, up, down, cut, idle, meters).await;
     if outcome.pinned.is_none() && lock(prepared).pinned {
         outcome.pinned = Some(PinReason::NamedStatement);
@@ -95,22 +101,16 @@ where
     outcome
 }
 
-/// Transaction mode, a pinned client: [`splice_with`] in [`Mode::Pooled`], its named
-/// statements still rewritten as in [`splice_transaction`].
-pub async fn splice_pinned<C, U>(
-    client: &mut C,
-    upstream: &mut U,
-    cut: CancellationToken,
-    idle: Option<Duration>,
-    meters: Meters<'_>,
-    prepared: &Shared,
-) -> Outcome
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
-    let (up, down) = rewriting(prepared);
-    finish(client, upstream, up, down, cut, idle, meters).await
+/// Which part of a transaction-mode session [`splice_transaction`] relays.
+#[derive(Debug, Clone, Copy)]
+pub enum Phase<'a> {
+    /// One transaction, from what the client sent first.
+    Transaction {
+        /// Bytes the client sent before the server connection was assigned.
+        early: &'a [u8],
+    },
+    /// The rest of a pinned client's session.
+    Pinned,
 }
 
 /// Both pipes of a pooled splice that rewrites named statements.

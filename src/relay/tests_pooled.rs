@@ -304,7 +304,7 @@ fn start_transaction(early: Vec<u8>) -> (DuplexStream, DuplexStream, JoinHandle<
         let o = splice_transaction(
             &mut proxy_client,
             &mut proxy_upstream,
-            &early,
+            super::Phase::Transaction { early: &early },
             cut,
             None,
             Meters::NONE,

@@ -112,7 +112,7 @@ where
     let (key, settable) = split(user.to_owned(), info);
     let mut early = BytesMut::new();
     let connector = pooling.connector.for_client(&settable);
-    let checkout = Box::pin(pooling.pools.checkout(key, &connector));
+    let checkout = Box::pin(pooling.pools.checkout(&key, &connector));
     let checkout = tokio::select! {
         checkout = or_cut(cut, checkout) => checkout,
         () = watch_client(client, &mut early) => {

@@ -19,7 +19,7 @@ use crate::client::{self, StartupInfo};
 use crate::error::{sqlstate, ClientError};
 use crate::pool::{Checkout, CloseReason, PoolKey};
 use crate::relay::prepared::{lock as statements, Shared};
-use crate::relay::{self, Ended};
+use crate::relay::{self, Ended, Phase};
 use crate::target::{Pooling, TargetContext};
 use crate::upstream::params::{self, ServerParams};
 use crate::upstream::pooled::{PooledServer, ServerConnector};
@@ -109,7 +109,7 @@ where
     if let Some(baseline) = known(key) {
         return Some(baseline);
     }
-    let checkout = Box::pin(pooling.pools.checkout(key.clone(), connector));
+    let checkout = Box::pin(pooling.pools.checkout(key, connector));
     let mut lent = match or_cut(cut, checkout).await {
         None => {
             client::reject(client, &ClientError::admin_shutdown()).await;
@@ -205,11 +205,7 @@ impl Client<'_> {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let checkout = Box::pin(
-            self.pooling
-                .pools
-                .checkout(self.key.clone(), &self.connector),
-        );
+        let checkout = Box::pin(self.pooling.pools.checkout(&self.key, &self.connector));
         let mut lent = match or_cut(&self.cut, checkout).await {
             None => {
                 client::reject(client, &ClientError::admin_shutdown()).await;
@@ -268,8 +264,16 @@ impl Client<'_> {
         let tallies = tallies(self.ctx, self.traffic);
         let meters = meters(&tallies);
         let p = &self.prepared;
-        let mut outcome =
-            relay::splice_transaction(client, stream, early, cut, idle, meters, p).await;
+        let mut outcome = relay::splice_transaction(
+            client,
+            stream,
+            Phase::Transaction { early },
+            cut,
+            idle,
+            meters,
+            p,
+        )
+        .await;
         self.count_reprepared();
         match (outcome.ended, outcome.pinned) {
             (Ended::Returned, None) => {
@@ -297,7 +301,9 @@ impl Client<'_> {
                 }
                 let stream = &mut lent.conn_mut().conn.stream;
                 let cut = self.cut.clone();
-                outcome = relay::splice_pinned(client, stream, cut, idle, meters, p).await;
+                let rest =
+                    relay::splice_transaction(client, stream, Phase::Pinned, cut, idle, meters, p);
+                outcome = rest.await;
                 self.count_reprepared();
             }
             _ => {}

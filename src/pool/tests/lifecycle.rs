@@ -19,7 +19,7 @@ fn one() -> Settings {
 async fn a_waiter_that_gives_up_leaves_the_queue() {
     let s = Arc::new(setup(one()));
     let held = s.checkout().await;
-    let gave_up = timeout(Duration::from_secs(1), s.pools.checkout(key(), &s.fake)).await;
+    let gave_up = timeout(Duration::from_secs(1), s.pools.checkout(&key(), &s.fake)).await;
     assert!(gave_up.is_err(), "still waiting after 1 s");
     assert_eq!(s.stats().waiting, 0);
     assert_eq!(s.value("pool_clients_waiting", ""), 0.0);
@@ -39,7 +39,7 @@ async fn a_waiter_that_gives_up_leaves_the_queue() {
 async fn a_connection_opened_for_a_client_that_left_goes_idle() {
     let s = setup(one());
     s.fake.set_hang(true);
-    let gave_up = timeout(Duration::from_secs(1), s.pools.checkout(key(), &s.fake)).await;
+    let gave_up = timeout(Duration::from_secs(1), s.pools.checkout(&key(), &s.fake)).await;
     assert!(gave_up.is_err());
     assert_eq!(s.stats().opening, 1, "the open goes on");
     s.fake.set_hang(false);
@@ -98,7 +98,7 @@ async fn shutdown_closes_idle_then_returning_connections() {
         database: "other".into(),
         ..key()
     };
-    let err = super::bounded(s.pools.checkout(other, &fake))
+    let err = super::bounded(s.pools.checkout(&other, &fake))
         .await
         .unwrap_err();
     assert!(

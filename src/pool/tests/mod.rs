@@ -164,7 +164,7 @@ impl Setup {
     }
 
     async fn try_checkout(&self) -> Result<super::Checkout<FakeConn>, PoolError<FakeError>> {
-        bounded(self.pools.checkout(key(), &self.fake)).await
+        bounded(self.pools.checkout(&key(), &self.fake)).await
     }
 
     fn stats(&self) -> super::PoolStats {
@@ -223,6 +223,7 @@ fn pools_and_checkouts_can_move_between_tasks() {
     fn send<T: Send>(_: &T) {}
     let s = setup(settings());
     send_sync(&s.pools);
-    let checkout = s.pools.checkout(key(), &s.fake);
+    let k = key();
+    let checkout = s.pools.checkout(&k, &s.fake);
     send(&checkout);
 }
