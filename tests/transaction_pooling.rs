@@ -1,7 +1,8 @@
 //! Transaction pooling against the real stand-in: many clients over two server connections;
 //! a transaction stays on one backend while clients share backends between transactions;
 //! each pin reason keeps its client on its backend; cancel reaches the current transaction
-//! only; a pipeline with an error in the middle gives the connection back; psql and
+//! only; a pipeline with an error in the middle gives the connection back; COPY done, aborted
+//! or left midway never leaves a connection mid-state in the pool; psql and
 //! tokio-postgres's unnamed statements work.
 
 mod support;
@@ -437,4 +438,124 @@ async fn psql_works_in_transaction_mode() {
         ["42", "BEGIN", "inside", "COMMIT"],
         "{out}"
     );
+}
+
+/// Reads until a message starting with `tag` has arrived (COPY's responses end no phase with
+/// ReadyForQuery), returning all bytes.
+async fn until_tag(raw: &mut tokio::net::TcpStream, tag: u8) -> Vec<u8> {
+    let mut seen = Vec::new();
+    loop {
+        let mut at = 0;
+        while at + 5 <= seen.len() {
+            if seen[at] == tag {
+                return seen;
+            }
+            let len = u32::from_be_bytes(seen[at + 1..at + 5].try_into().expect("4 bytes"));
+            at += 1 + len as usize;
+        }
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {} in time after {seen:?}", tag as char))
+            .expect("read");
+        assert!(n > 0, "closed before {}", tag as char);
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn query(sql: &str) -> Vec<u8> {
+    message(b'Q', format!("{sql}\0").as_bytes())
+}
+
+/// The first column of the first row `sql` returns, by a raw client's simple query.
+async fn raw_one(raw: &mut tokio::net::TcpStream, sql: &str) -> String {
+    raw.write_all(&query(sql)).await.expect("query");
+    let answer = until_ready(raw).await;
+    let mut at = 0;
+    while answer[at] != b'D' {
+        at += 1 + u32::from_be_bytes(answer[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
+    }
+    // DataRow: 'D', length, 1 column, its length, the text.
+    let len = i32::from_be_bytes(answer[at + 7..at + 11].try_into().expect("4 bytes")) as usize;
+    String::from_utf8(answer[at + 11..at + 11 + len].to_vec()).expect("text")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_done_aborted_or_left_midway_never_leaves_a_connection_mid_state() {
+    let si = StandIn::shared();
+    let admin = admin(si).await;
+    let table = format!("txn_copy_{}", std::process::id());
+    let create = format!(
+        "CREATE TABLE {table} (x int); GRANT ALL ON {table} TO {}",
+        si.info.iam_user
+    );
+    admin.batch_execute(&create).await.expect("create");
+    // Two raw clients (one pool: the same startup parameters) over one server connection.
+    let proxy = txn_proxy(si, 1).await;
+    let mut raw = raw_client(si, proxy.addr).await;
+    let mut other = raw_client(si, proxy.addr).await;
+    let count = format!("SELECT count(*) FROM {table}");
+    let first = raw_one(&mut other, "SELECT pg_backend_pid()").await;
+
+    // Aborted by the client: the server answers CopyFail with 57014 and ReadyForQuery('I').
+    raw.write_all(&query(&format!("COPY {table} FROM STDIN")))
+        .await
+        .expect("copy");
+    until_tag(&mut raw, b'G').await;
+    raw.write_all(&message(b'd', b"1\n")).await.expect("data");
+    raw.write_all(&message(b'f', b"client gave up\0"))
+        .await
+        .expect("fail");
+    let answer = until_ready(&mut raw).await;
+    assert!(answer.windows(5).any(|w| w == b"57014"), "{answer:?}");
+    assert_eq!(raw_one(&mut other, &count).await, "0");
+
+    // Done: the rows are there, and the connection goes back.
+    raw.write_all(&query(&format!("COPY {table} FROM STDIN")))
+        .await
+        .expect("copy");
+    until_tag(&mut raw, b'G').await;
+    let mut rows = message(b'd', b"1\n2\n");
+    rows.extend(message(b'c', b""));
+    raw.write_all(&rows).await.expect("rows");
+    let answer = until_ready(&mut raw).await;
+    assert!(answer.windows(6).any(|w| w == b"COPY 2"), "{answer:?}");
+    assert_eq!(raw_one(&mut other, &count).await, "2");
+
+    // COPY TO STDOUT.
+    raw.write_all(&query(&format!("COPY {table} TO STDOUT")))
+        .await
+        .expect("copy out");
+    let answer = until_ready(&mut raw).await;
+    assert!(answer.contains(&b'H'), "CopyOutResponse: {answer:?}");
+    let pid = "SELECT pg_backend_pid()";
+    assert_eq!(
+        raw_one(&mut other, pid).await,
+        first,
+        "one connection all along"
+    );
+
+    // Left in the middle of COPY: that connection is closed, never lent again.
+    raw.write_all(&query(&format!("COPY {table} FROM STDIN")))
+        .await
+        .expect("copy");
+    until_tag(&mut raw, b'G').await;
+    raw.write_all(&message(b'd', b"3\n")).await.expect("data");
+    drop(raw);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let gone = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {first}");
+    while one(&admin, &gone).await != "0" {
+        assert!(Instant::now() < deadline, "backend {first} kept mid-COPY");
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling the server, bounded
+    }
+    assert_ne!(raw_one(&mut other, pid).await, first, "a fresh backend");
+    assert_eq!(
+        raw_one(&mut other, &count).await,
+        "2",
+        "the unfinished COPY left nothing"
+    );
+    admin
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .expect("drop");
 }
