@@ -108,6 +108,14 @@ fn sqlstate(replies: &[(u8, Vec<u8>)]) -> Option<String> {
         .next()
 }
 
+/// Field `code` of the ErrorResponse among `replies`.
+fn field(replies: &[(u8, Vec<u8>)], code: u8) -> Option<String> {
+    let (_, body) = replies.iter().find(|(t, _)| *t == b'E')?;
+    body.split(|b| *b == 0)
+        .find_map(|f| f.strip_prefix(&[code][..]))
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clients_share_statement_names_with_different_texts() {
     let si = StandIn::shared();
@@ -242,6 +250,11 @@ async fn close_then_parse_again_with_a_new_text() {
         sqlstate(&answer).as_deref(),
         Some("42P05"),
         "already exists"
+    );
+    assert_eq!(
+        field(&answer, b'M').as_deref(),
+        Some("prepared statement \"st\" already exists"),
+        "the client's name, as a direct connection says it"
     );
     raw.write_all(&close("st")).await.expect("send");
     assert_eq!(summary(&replies(&mut raw).await).0, "3Z");

@@ -118,6 +118,9 @@ pub struct Prepared {
     pub reprepared: u64,
     /// A Parse went to the server unchanged ([`CLIENT_LIMIT`]): the client must stay.
     pub pinned: bool,
+    /// Until the ReadyForQuery that ends their segment: our statement names an error may
+    /// give, and the client's names for them.
+    renames: Vec<(u64, Vec<u8>, Vec<u8>)>,
 }
 
 /// [`Prepared`] as both directions of a relay hold it.
@@ -169,6 +172,7 @@ impl Prepared {
     pub fn ready(&mut self) {
         self.ready_seen += 1;
         let seen = self.ready_seen;
+        self.renames.retain(|(segment, ..)| *segment >= seen);
         let mut skipped = Vec::new();
         for queue in [&mut self.parses, &mut self.closes] {
             while queue.front().is_some_and(|e| e.segment < seen) {
@@ -182,6 +186,22 @@ impl Prepared {
                 Undo::Server(text) => _ = self.server.by_text.remove(&text),
             }
         }
+    }
+
+    /// An error may name one of our statements for the client's.
+    pub fn renaming(&self) -> bool {
+        !self.renames.is_empty()
+    }
+
+    /// The server's ErrorResponse body `body` with our statement names the client's, as
+    /// PostgreSQL quotes them in a message (`"name"`).
+    pub fn renamed(&self, body: &[u8]) -> Vec<u8> {
+        let mut body = body.to_vec();
+        for (_, ours, theirs) in &self.renames {
+            let quoted = |n: &[u8]| [b"\"", n, b"\""].concat();
+            body = replace(&body, &quoted(ours), &quoted(theirs));
+        }
+        body
     }
 
     /// The server name of the client's statement `name`, prepared first if needed
@@ -211,8 +231,11 @@ impl Prepared {
     /// The client's Parse of `text` as `name` (not empty): what goes to the server.
     pub fn parse(&mut self, name: &[u8], text: &[u8], out: &mut Vec<u8>) {
         if self.client.contains_key(name) {
-            // As the server would: 42P05, naming our statement.
+            // As the server would: 42P05, whose message names our statement: renamed back
+            // on its way to the client ([`Prepared::renamed`]).
             let old = self.server_name(name, out).unwrap_or_default();
+            self.renames
+                .push((self.syncs_sent, old.clone(), name.to_vec()));
             let text = self
                 .client
                 .get(name)
@@ -260,4 +283,20 @@ pub fn put(out: &mut Vec<u8>, tag: u8, parts: &[&[u8]]) {
     for p in parts {
         out.extend_from_slice(p);
     }
+}
+
+/// `haystack` with every `from` replaced by `to`.
+fn replace(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut rest = haystack;
+    while !rest.is_empty() {
+        if rest.starts_with(from) {
+            out.extend_from_slice(to);
+            rest = &rest[from.len()..];
+        } else {
+            out.push(rest[0]);
+            rest = &rest[1..];
+        }
+    }
+    out
 }

@@ -85,8 +85,9 @@ impl Rewrite {
         self.header = h;
         self.header.clear();
         let collect = self.client && matches!(tag, b'P' | b'B' | b'D' | b'C') && len > 0;
-        if collect && len <= TEXT_LIMIT {
-            let whole = matches!(tag, b'D' | b'C');
+        let error = !self.client && tag == b'E' && len <= NAMES_LIMIT;
+        if (collect && len <= TEXT_LIMIT) || (error && lock(&self.shared).renaming()) {
+            let whole = matches!(tag, b'D' | b'C' | b'E');
             let body = Vec::with_capacity(len.min(NAMES_LIMIT));
             self.state = State::Collect {
                 tag,
@@ -156,9 +157,13 @@ impl Rewrite {
         }
     }
 
-    /// A collected client message (all of it, or its first part of a `len`-byte body).
+    /// A collected client message (all of it, or its first part of a `len`-byte body), or
+    /// the server's ErrorResponse that may name our statement.
     fn message(&mut self, tag: u8, len: usize, body: &[u8], out: &mut Vec<u8>) {
         let mut p = lock(&self.shared);
+        if !self.client {
+            return put(out, tag, &[&p.renamed(body)]);
+        }
         let (name, after) = cstr(body);
         match tag {
             b'P' if !name.is_empty() && body.len() == len => {
