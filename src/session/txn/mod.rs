@@ -6,10 +6,13 @@
 //! connection it is lent when the connection's value differs. A client that does what
 //! cannot be shared ([`crate::relay::pin`]) keeps its connection for the rest of its
 //! session, which then ends as a session-mode one does (reset, or closed). Its named
-//! prepared statements follow it from connection to connection ([`relay::prepared`]).
+//! prepared statements follow it from connection to connection ([`relay::prepared`]). The
+//! greeting is in [`greet`].
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_util::sync::CancellationToken;
+
+mod greet;
 
 use super::pooled::{checkout_failure, release, split};
 use super::{meters, or_cut, refuse, tallies};
@@ -21,7 +24,7 @@ use crate::pool::{Checkout, CloseReason, PoolKey};
 use crate::relay::prepared::{lock as statements, Shared};
 use crate::relay::{self, Ended, Phase};
 use crate::target::{Pooling, TargetContext};
-use crate::upstream::params::{self, ServerParams};
+use crate::upstream::params;
 use crate::upstream::pooled::{PooledServer, ServerConnector};
 use crate::wire;
 
@@ -56,28 +59,19 @@ pub(super) async fn session<S>(
     let (key, settable) = split(user, &info);
     drop(info);
     let connector = pooling.connector.for_client(&settable);
-    // Boxed stages: an idle client's future holds none of the first checkout's state.
-    let first = Box::pin(baseline(ctx, pooling, &key, &connector, &mut client, &cut));
-    let Some(mut shown) = first.await else {
+    // Boxed stage: an idle client's future holds none of the first checkout's state.
+    let greeted = Box::pin(greet::greet(
+        ctx,
+        pooling,
+        &key,
+        &connector,
+        &settable,
+        &mut client,
+        &cut,
+    ));
+    let Some(cancel) = greeted.await else {
         return;
     };
-    for (name, value) in &settable {
-        shown.set(name.clone(), value.clone());
-    }
-    let cancel = ctx.cancels.register_client();
-    let (pid, secret) = cancel.key();
-    let greeting = match params::encode_greeting(&shown, pid, secret) {
-        Ok(greeting) => greeting,
-        Err(e) => {
-            let e = ClientError::new(sqlstate::PROTOCOL_VIOLATION, format!("pg-iam-proxy: {e}"));
-            return client::reject(&mut client, &e).await;
-        }
-    };
-    drop(shown);
-    if wire::send(&mut client, &greeting).await.is_err() {
-        return tracing::debug!("client left before the greeting");
-    }
-    drop(greeting);
     let me = Client {
         ctx,
         pooling,
@@ -90,50 +84,6 @@ pub(super) async fn session<S>(
         prepared: Shared::default(),
     };
     me.serve(&mut client).await;
-}
-
-/// The pool's baseline ParameterStatus values: kept from its first login; a checkout (and
-/// at once a check-in) gets them for a pool that has none. `None`: the client was told why.
-async fn baseline<S>(
-    ctx: &TargetContext,
-    pooling: &Pooling,
-    key: &PoolKey,
-    connector: &ServerConnector,
-    client: &mut S,
-    cut: &CancellationToken,
-) -> Option<ServerParams>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let known = |k: &PoolKey| lock(pooling).get(k).cloned();
-    if let Some(baseline) = known(key) {
-        return Some(baseline);
-    }
-    let checkout = Box::pin(pooling.pools.checkout(key, connector));
-    let mut lent = match or_cut(cut, checkout).await {
-        None => {
-            client::reject(client, &ClientError::admin_shutdown()).await;
-            return None;
-        }
-        Some(Ok(lent)) => lent,
-        Some(Err(e)) => {
-            refuse(ctx, client, checkout_failure(e)).await;
-            return None;
-        }
-    };
-    let baseline = lent.conn_mut().baseline.clone();
-    lent.park();
-    lock(pooling).insert(key.clone(), baseline.clone());
-    Some(baseline)
-}
-
-fn lock(
-    pooling: &Pooling,
-) -> std::sync::MutexGuard<'_, std::collections::HashMap<PoolKey, ServerParams>> {
-    pooling
-        .baselines
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Bytes of a transaction's first read, in place: most lone statements (a simple query, a
