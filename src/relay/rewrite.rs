@@ -1,9 +1,12 @@
 //! Transaction mode, both directions of [`super::prepared`]: the client's Parse, Bind,
 //! Describe and Close are collected (Bind and Parse only up to their names unless a named
-//! Parse needs its text) and rewritten; the server's ParseComplete and CloseComplete are
-//! passed, dropped or renamed and its ReadyForQuery noted. Everything else is copied by
-//! header and length, unparsed.
+//! Parse needs its text) and rewritten; its Query is collected (up to [`SCAN_LIMIT`]) to
+//! find what makes the proxy forget ([`super::forget`]); the server's ParseComplete and
+//! CloseComplete are passed, dropped or renamed and its ReadyForQuery noted. Everything
+//! else is copied by header and length, unparsed.
 
+use super::forget::{forgets, Forget};
+use super::pin::SCAN_LIMIT;
 use super::prepared::{lock, put, Reply, Shared};
 
 /// A named Parse longer than this goes to the server unchanged (and pins its client).
@@ -85,8 +88,9 @@ impl Rewrite {
         self.header = h;
         self.header.clear();
         let collect = self.client && matches!(tag, b'P' | b'B' | b'D' | b'C') && len > 0;
-        if collect && len <= TEXT_LIMIT {
-            let whole = matches!(tag, b'D' | b'C');
+        let query = self.client && tag == b'Q' && len <= SCAN_LIMIT;
+        if (collect && len <= TEXT_LIMIT) || query {
+            let whole = matches!(tag, b'D' | b'C' | b'Q');
             let body = Vec::with_capacity(len.min(NAMES_LIMIT));
             self.state = State::Collect {
                 tag,
@@ -104,7 +108,8 @@ impl Rewrite {
                 p.parse_passed();
             }
             (true, b'C') => p.close(None),
-            (true, b'Q' | b'S' | b'F') => p.synced(),
+            (true, b'Q') => p.query(Forget::default()), // too long to scan
+            (true, b'S' | b'F') => p.synced(),
             (false, b'1' | b'3') if len == 0 => match p.expected(tag) {
                 Reply::Forward => {}
                 Reply::Swallow => return self.state = State::Between,
@@ -183,6 +188,7 @@ impl Rewrite {
                 }
             }
             b'C' => p.close((name.first() == Some(&b'S')).then(|| &name[1..])),
+            b'Q' => p.query(forgets(body)),
             _ => {}
         }
         put_header(out, tag, len);

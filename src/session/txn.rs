@@ -225,6 +225,7 @@ impl Client<'_> {
                 for (name, value) in &self.settable {
                     server.since_login.set(name.clone(), value.clone());
                 }
+                server.params_unknown = false; // every settable name was just set
                 Some(lent)
             }
             Err(e) => {
@@ -263,6 +264,7 @@ impl Client<'_> {
         let mut outcome =
             relay::splice_transaction(client, stream, early, cut, idle, meters, p).await;
         self.count_reprepared();
+        self.forget_params(&mut lent);
         match (outcome.ended, outcome.pinned) {
             (Ended::Returned, None) => {
                 // Back before the client reads the ReadyForQuery that ends its transaction,
@@ -282,8 +284,9 @@ impl Client<'_> {
                 pools.metrics().pinned(pools.target(), reason.as_str());
                 if !self.deliver(client, &outcome.tail, meters).await {
                     self.cancel.unassign().await;
-                    let server = &mut lent.conn_mut().statements;
-                    *server = statements(&self.prepared).server.cleared();
+                    let server = lent.conn_mut();
+                    server.statements = statements(&self.prepared).server.cleared();
+                    server.forget_params(); // the reset query may have reset them
                     release(lent, true, &self.pooling.config.reset_query).await;
                     return false;
                 }
@@ -291,6 +294,7 @@ impl Client<'_> {
                 let cut = self.cut.clone();
                 outcome = relay::splice_pinned(client, stream, cut, idle, meters, p).await;
                 self.count_reprepared();
+                self.forget_params(&mut lent);
             }
             _ => {}
         }
@@ -302,9 +306,11 @@ impl Client<'_> {
         if !reusable {
             tracing::debug!(ended = ?outcome.ended, "server connection not provably idle; closed");
         }
-        // Reset (or closed): its statements are gone, their names stay unique.
-        let server = &mut lent.conn_mut().statements;
-        *server = statements(&self.prepared).server.cleared();
+        // Reset (or closed): its statements are gone, their names stay unique; the reset
+        // query may have reset its settings.
+        let server = lent.conn_mut();
+        server.statements = statements(&self.prepared).server.cleared();
+        server.forget_params();
         release(lent, reusable, &self.pooling.config.reset_query).await;
         false
     }
@@ -337,6 +343,14 @@ impl Client<'_> {
                 tracing::debug!("client did not take the end of its transaction's answer");
                 false
             }
+        }
+    }
+
+    /// After the client's `RESET` or `DISCARD ALL` ([`relay::forget`]), stops assuming what
+    /// its settings on `lent` are.
+    fn forget_params(&self, lent: &mut Checkout<PooledServer>) {
+        if std::mem::take(&mut statements(&self.prepared).forgot_params) {
+            lent.conn_mut().forget_params();
         }
     }
 
