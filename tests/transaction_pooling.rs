@@ -2,7 +2,8 @@
 //! a transaction stays on one backend while clients share backends between transactions;
 //! each pin reason keeps its client on its backend; cancel reaches the current transaction
 //! only; a pipeline with an error in the middle gives the connection back; psql and
-//! tokio-postgres's unnamed statements work.
+//! tokio-postgres's unnamed statements work; `RESET` does not pin, and the client's
+//! `application_name` is set again after it.
 
 mod support;
 
@@ -401,4 +402,53 @@ async fn psql_works_in_transaction_mode() {
         ["42", "BEGIN", "inside", "COMMIT"],
         "{out}"
     );
+}
+
+/// tokio-postgres through the proxy as `application_name` `app`.
+async fn connect_as(si: &StandIn, addr: SocketAddr, app: &str) -> Client {
+    let i = &si.info;
+    let conn = format!(
+        "host={} port={} user={} dbname={} application_name={app} sslmode=disable \
+         connect_timeout=20",
+        addr.ip(),
+        addr.port(),
+        i.iam_user,
+        i.database
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .expect("connect through the proxy");
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_does_not_pin_and_the_name_is_set_again() {
+    let si = StandIn::shared();
+    let http = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let proxy = txn_proxy_http(si, 1, Some(http)).await;
+    // The pool's one connection is opened for "first": its login's name.
+    let first = connect_as(si, proxy.addr, "first").await;
+    assert_eq!(one(&first, "SHOW application_name").await, "first");
+    let second = connect_as(si, proxy.addr, "second").await;
+    assert_eq!(one(&second, "SHOW application_name").await, "second");
+    // RESET returns the connection to its login's values (asyncpg's pool runs RESET ALL at
+    // every release); the proxy then sets the client's name again at its next transaction.
+    for reset in ["RESET application_name", "RESET ALL"] {
+        second.batch_execute(reset).await.expect("reset");
+        assert_eq!(
+            one(&second, "SHOW application_name").await,
+            "second",
+            "{reset}"
+        );
+        let limit = Duration::from_secs(10);
+        let shown = tokio::time::timeout(limit, one(&first, "SHOW application_name")).await;
+        assert_eq!(shown.expect("first served: second not pinned"), "first");
+    }
+    let (_, body) = support::http(http, "GET", "/metrics").await;
+    let pins: Vec<_> = body
+        .lines()
+        .filter(|l| l.starts_with("pg_iam_proxy_pool_pinned_clients_total"))
+        .collect();
+    assert!(pins.is_empty(), "RESET pinned: {pins:?}");
 }

@@ -4,7 +4,8 @@
 //! connection, texts that differ per client), so statements move between server connections.
 //! Each checks that every client got its own results, that statements were re-prepared on
 //! another connection, and that no client was pinned (`pool_pinned_clients_total`) unless the
-//! driver itself does what pins. Drivers: psycopg 3 (`prepare_threshold=0`, `prepare=True`),
+//! driver itself does what pins. Drivers: psycopg 3 (`prepare_threshold=0`, `prepare=True`,
+//! and rollbacks, after which it sends `DEALLOCATE ALL`),
 //! asyncpg (plain connections, and `create_pool`, whose release runs a reset query), pgjdbc
 //! (Debian's postgresql.jar, `prepareThreshold=1`, autocommit, explicit transactions, a
 //! batch). The scripts live in tests/drivers/{python,java}; scripts/install-test-deps
@@ -135,6 +136,25 @@ async fn psycopg_prepared_statements_in_transaction_mode() {
     println!("{result}");
     assert_eq!(own_results(&result, "psycopg"), 4);
     unpinned_and_reprepared(http, "psycopg").await;
+}
+
+/// psycopg's rollback() sends DEALLOCATE ALL once it has prepared statements (its
+/// prepared-statement cache is cleared, on the server too), then prepares them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_rollback_deallocates_all_without_pinning() {
+    let si = StandIn::shared();
+    let (proxy, http) = txn_proxy(si).await;
+    let mut cmd = python(si, &proxy, "psycopg_txn.py");
+    cmd.env("CLIENTS", "4")
+        .env("ROUNDS", "12")
+        .env("ROLLBACKS", "1");
+    let result = run(cmd, "psycopg with rollbacks").await;
+    println!("{result}");
+    assert_eq!(own_results(&result, "psycopg with rollbacks"), 4);
+    for c in result["clients"].as_array().expect("clients") {
+        assert_eq!(c["rolled_back"], 4, "{c}");
+    }
+    unpinned_and_reprepared(http, "psycopg with rollbacks").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
