@@ -98,18 +98,21 @@ fn pg_env(cmd: &mut tokio::process::Command, si: &StandIn, proxy: &support::Prox
 /// statements ran on more than one backend; returns the number of clients.
 fn own_results(result: &Value, what: &str) -> usize {
     let clients = result["clients"].as_array().expect("clients");
-    let mut moved = 0;
-    for c in clients {
-        assert_eq!(c["wrong"], serde_json::json!([]), "{what}: {c}");
-        let pids = c["pids"].as_array().expect("pids");
-        assert!(!pids.is_empty() && pids.len() <= 2, "{what}: {c}");
-        moved += usize::from(pids.len() > 1);
-    }
+    let moved = (0..clients.len()).filter(|i| backends(result, *i, what) > 1);
     assert!(
-        moved > 0,
+        moved.count() > 0,
         "{what}: no client ever changed backends: {result}"
     );
     clients.len()
+}
+
+/// Checks client `i` of `result` got only its own results; returns how many backends it saw.
+fn backends(result: &Value, i: usize, what: &str) -> usize {
+    let c = &result["clients"][i];
+    assert_eq!(c["wrong"], serde_json::json!([]), "{what}: {c}");
+    let pids = c["pids"].as_array().expect("pids");
+    assert!(!pids.is_empty() && pids.len() <= 2, "{what}: {c}");
+    pids.len()
 }
 
 /// Checks nobody was pinned and statements were prepared again on another connection.
@@ -254,4 +257,49 @@ async fn pgjdbc_server_prepared_statements_in_transaction_mode() {
         assert_eq!(c["batched"], 3 * 8, "every batch committed: {c}");
     }
     unpinned_and_reprepared(http, "pgjdbc").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgjdbc_without_assume_min_server_version_is_pinned_by_its_set() {
+    let si = StandIn::shared();
+    let jar = jdbc_jar();
+    let classes = tempfile::tempdir().expect("a temp dir");
+    compile_java(classes.path()).await;
+    let admin = admin(si).await;
+    let table = format!("txn_jdbc_set_{}", std::process::id());
+    let create = format!(
+        "CREATE TABLE {table} (client int, n int); GRANT SELECT, INSERT ON {table} TO {}",
+        si.info.iam_user
+    );
+    admin.batch_execute(&create).await.expect("create table");
+    let (proxy, http) = txn_proxy(si).await;
+    // pgjdbc's defaults: `SET extra_float_digits = 3` after connecting. Two clients, as
+    // each keeps one of the pool's two connections.
+    let url = format!(
+        "jdbc:postgresql://{}/{}?user={}&sslmode=disable&prepareThreshold=1\
+         &connectTimeout=20&socketTimeout=60",
+        proxy.addr, si.info.database, si.info.iam_user
+    );
+    let mut cmd = tokio::process::Command::new("java");
+    let classpath = format!("{}:{}", classes.path().display(), jar.display());
+    cmd.args(["-cp", &classpath, "TxnDriver", &url, "2", "3", &table]);
+    let result = run(cmd, "pgjdbc (defaults)").await;
+    admin
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .expect("drop table");
+    println!("{result}");
+    for i in 0..2 {
+        assert_eq!(backends(&result, i, "pgjdbc (defaults)"), 1, "pinned");
+    }
+    let pins = pins(http).await;
+    assert_eq!(
+        metric(http, "pool_pinned_clients_total").await,
+        2.0,
+        "{pins:?}"
+    );
+    assert!(
+        pins.iter().all(|l| l.contains("reason=\"set\"")),
+        "{pins:?}"
+    );
 }
