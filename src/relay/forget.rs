@@ -16,7 +16,7 @@
 //! - `DISCARD PLANS`, `DISCARD SEQUENCES`, `DISCARD TEMP`: nothing to forget (cached plans
 //!   are re-planned, prepared statements stay).
 //!
-//! Forgetting is conservative: a statement that then fails (inside a failed transaction
+//! A Query over [`super::pin::SCAN_LIMIT`] is not looked at. Forgetting is conservative: a statement that then fails (inside a failed transaction
 //! block) or is rolled back still forgets.
 
 use super::pin::statements;
