@@ -129,14 +129,22 @@ async fn unpinned_and_reprepared(http: SocketAddr, what: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn psycopg_prepared_statements_in_transaction_mode() {
+/// Runs `script` of tests/drivers/python with `env` through a fresh proxy: its result, the
+/// proxy's operator address, and the proxy (kept running for its metrics).
+async fn python_run(script: &str, env: &[(&str, &str)]) -> (Value, SocketAddr, support::Proxy) {
     let si = StandIn::shared();
     let (proxy, http) = txn_proxy(si).await;
-    let mut cmd = python(si, &proxy, "psycopg_txn.py");
-    cmd.env("CLIENTS", "4").env("ROUNDS", "15");
-    let result = run(cmd, "psycopg").await;
+    let mut cmd = python(si, &proxy, script);
+    cmd.envs(env.iter().copied());
+    let result = run(cmd, &format!("{script} {env:?}")).await;
     println!("{result}");
+    (result, http, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_prepared_statements_in_transaction_mode() {
+    let env = [("CLIENTS", "4"), ("ROUNDS", "15")];
+    let (result, http, _proxy) = python_run("psycopg_txn.py", &env).await;
     assert_eq!(own_results(&result, "psycopg"), 4);
     unpinned_and_reprepared(http, "psycopg").await;
 }
@@ -145,14 +153,8 @@ async fn psycopg_prepared_statements_in_transaction_mode() {
 /// prepared-statement cache is cleared, on the server too), then prepares them again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg_rollback_deallocates_all_without_pinning() {
-    let si = StandIn::shared();
-    let (proxy, http) = txn_proxy(si).await;
-    let mut cmd = python(si, &proxy, "psycopg_txn.py");
-    cmd.env("CLIENTS", "4")
-        .env("ROUNDS", "12")
-        .env("ROLLBACKS", "1");
-    let result = run(cmd, "psycopg with rollbacks").await;
-    println!("{result}");
+    let env = [("CLIENTS", "4"), ("ROUNDS", "12"), ("ROLLBACKS", "1")];
+    let (result, http, _proxy) = python_run("psycopg_txn.py", &env).await;
     assert_eq!(own_results(&result, "psycopg with rollbacks"), 4);
     for c in result["clients"].as_array().expect("clients") {
         assert_eq!(c["rolled_back"], 4, "{c}");
@@ -162,24 +164,16 @@ async fn psycopg_rollback_deallocates_all_without_pinning() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncpg_connections_in_transaction_mode() {
-    let si = StandIn::shared();
-    let (proxy, http) = txn_proxy(si).await;
-    let mut cmd = python(si, &proxy, "asyncpg_txn.py");
-    cmd.env("MODE", "connections").env("CLIENTS", "4");
-    let result = run(cmd, "asyncpg").await;
-    println!("{result}");
+    let env = [("MODE", "connections"), ("CLIENTS", "4")];
+    let (result, http, _proxy) = python_run("asyncpg_txn.py", &env).await;
     assert_eq!(own_results(&result, "asyncpg"), 4);
     unpinned_and_reprepared(http, "asyncpg").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncpg_pool_release_does_not_pin() {
-    let si = StandIn::shared();
-    let (proxy, http) = txn_proxy(si).await;
-    let mut cmd = python(si, &proxy, "asyncpg_txn.py");
-    cmd.env("MODE", "pool").env("CLIENTS", "3");
-    let result = run(cmd, "asyncpg pool").await;
-    println!("{result}");
+    let env = [("MODE", "pool"), ("CLIENTS", "3")];
+    let (result, http, _proxy) = python_run("asyncpg_txn.py", &env).await;
     assert_eq!(own_results(&result, "asyncpg pool"), 6);
     unpinned_and_reprepared(http, "asyncpg pool").await;
 }
@@ -222,36 +216,47 @@ fn jdbc_jar() -> PathBuf {
     jar
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pgjdbc_server_prepared_statements_in_transaction_mode() {
+/// Runs TxnDriver.java (compiled into a temp dir) with `clients` clients of `rounds` rounds
+/// through a fresh proxy, the JDBC URL's parameters `params` added to the test's own, and
+/// a table made for it: its result, the proxy's operator address, and the proxy.
+async fn jdbc_run(
+    params: &str,
+    clients: usize,
+    rounds: usize,
+) -> (Value, SocketAddr, support::Proxy) {
     let si = StandIn::shared();
     let jar = jdbc_jar();
     let classes = tempfile::tempdir().expect("a temp dir");
     compile_java(classes.path()).await;
     let admin = admin(si).await;
-    let table = format!("txn_jdbc_{}", std::process::id());
+    let table = format!("txn_jdbc_{}_{}", std::process::id(), support::free_port());
     let create = format!(
         "CREATE TABLE {table} (client int, n int); GRANT SELECT, INSERT ON {table} TO {}",
         si.info.iam_user
     );
     admin.batch_execute(&create).await.expect("create table");
     let (proxy, http) = txn_proxy(si).await;
-    // assumeMinServerVersion: the settings go in the StartupMessage instead of a SET after
-    // connecting (which would pin: README, Transaction pooling).
     let url = format!(
         "jdbc:postgresql://{}/{}?user={}&sslmode=disable&prepareThreshold=1\
-         &assumeMinServerVersion=9.4&connectTimeout=20&socketTimeout=60",
+         &connectTimeout=20&socketTimeout=60{params}",
         proxy.addr, si.info.database, si.info.iam_user
     );
     let mut cmd = tokio::process::Command::new("java");
     let classpath = format!("{}:{}", classes.path().display(), jar.display());
-    cmd.args(["-cp", &classpath, "TxnDriver", &url, "4", "8", &table]);
-    let result = run(cmd, "pgjdbc").await;
-    admin
-        .batch_execute(&format!("DROP TABLE {table}"))
-        .await
-        .expect("drop table");
+    let (n, r) = (clients.to_string(), rounds.to_string());
+    cmd.args(["-cp", &classpath, "TxnDriver", &url, &n, &r, &table]);
+    let result = run(cmd, &format!("pgjdbc {params}")).await;
+    let drop = admin.batch_execute(&format!("DROP TABLE {table}")).await;
+    drop.expect("drop table");
     println!("{result}");
+    (result, http, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgjdbc_server_prepared_statements_in_transaction_mode() {
+    // assumeMinServerVersion: the settings go in the StartupMessage instead of a SET after
+    // connecting (which would pin: README, Transaction pooling).
+    let (result, http, _proxy) = jdbc_run("&assumeMinServerVersion=9.4", 4, 8).await;
     assert_eq!(own_results(&result, "pgjdbc"), 4);
     for c in result["clients"].as_array().expect("clients") {
         assert_eq!(c["batched"], 3 * 8, "every batch committed: {c}");
@@ -261,36 +266,12 @@ async fn pgjdbc_server_prepared_statements_in_transaction_mode() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgjdbc_without_assume_min_server_version_is_pinned_by_its_set() {
-    let si = StandIn::shared();
-    let jar = jdbc_jar();
-    let classes = tempfile::tempdir().expect("a temp dir");
-    compile_java(classes.path()).await;
-    let admin = admin(si).await;
-    let table = format!("txn_jdbc_set_{}", std::process::id());
-    let create = format!(
-        "CREATE TABLE {table} (client int, n int); GRANT SELECT, INSERT ON {table} TO {}",
-        si.info.iam_user
-    );
-    admin.batch_execute(&create).await.expect("create table");
-    let (proxy, http) = txn_proxy(si).await;
     // pgjdbc's defaults: `SET extra_float_digits = 3` after connecting. Two clients, as
     // each keeps one of the pool's two connections.
-    let url = format!(
-        "jdbc:postgresql://{}/{}?user={}&sslmode=disable&prepareThreshold=1\
-         &connectTimeout=20&socketTimeout=60",
-        proxy.addr, si.info.database, si.info.iam_user
-    );
-    let mut cmd = tokio::process::Command::new("java");
-    let classpath = format!("{}:{}", classes.path().display(), jar.display());
-    cmd.args(["-cp", &classpath, "TxnDriver", &url, "2", "3", &table]);
-    let result = run(cmd, "pgjdbc (defaults)").await;
-    admin
-        .batch_execute(&format!("DROP TABLE {table}"))
-        .await
-        .expect("drop table");
-    println!("{result}");
+    let (result, http, _proxy) = jdbc_run("", 2, 3).await;
     for i in 0..2 {
         assert_eq!(backends(&result, i, "pgjdbc (defaults)"), 1, "pinned");
+        assert_eq!(result["clients"][i]["batched"], 3 * 3, "{result}");
     }
     let pins = pins(http).await;
     assert_eq!(
