@@ -3,7 +3,7 @@
 //! each pin reason keeps its client on its backend; cancel reaches the current transaction
 //! only; a pipeline with an error in the middle gives the connection back; psql and
 //! tokio-postgres's unnamed statements work; `RESET` does not pin, and the client's
-//! `application_name` is set again after it.
+//! `application_name` is set again after it, and after a pinned client's connection was reset.
 
 mod support;
 
@@ -451,4 +451,25 @@ async fn reset_does_not_pin_and_the_name_is_set_again() {
         .filter(|l| l.starts_with("pg_iam_proxy_pool_pinned_clients_total"))
         .collect();
     assert!(pins.is_empty(), "RESET pinned: {pins:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_pinned_client_is_reset_the_name_is_set_again() {
+    let si = StandIn::shared();
+    let proxy = txn_proxy(si, 1).await;
+    // The pool's one connection is opened for "first": its login's name.
+    let first = connect_as(si, proxy.addr, "first").await;
+    assert_eq!(one(&first, "SHOW application_name").await, "first");
+    let pinned = connect_as(si, proxy.addr, "second").await;
+    pinned
+        .batch_execute("SET search_path = public")
+        .await
+        .expect("pins");
+    assert_eq!(one(&pinned, "SHOW application_name").await, "second");
+    // It leaves: the connection is reset (DISCARD ALL: the login's name again) and back.
+    drop(pinned);
+    let again = connect_as(si, proxy.addr, "second").await;
+    let limit = Duration::from_secs(20);
+    let shown = tokio::time::timeout(limit, one(&again, "SHOW application_name")).await;
+    assert_eq!(shown.expect("the connection came back"), "second");
 }

@@ -283,11 +283,7 @@ impl Client<'_> {
                 let pools = &self.pooling.pools;
                 pools.metrics().pinned(pools.target(), reason.as_str());
                 if !self.deliver(client, &outcome.tail, meters).await {
-                    self.cancel.unassign().await;
-                    let server = lent.conn_mut();
-                    server.statements = statements(&self.prepared).server.cleared();
-                    server.forget_params(); // the reset query may have reset them
-                    release(lent, true, &self.pooling.config.reset_query).await;
+                    self.end_session(lent, true).await;
                     return false;
                 }
                 let stream = &mut lent.conn_mut().conn.stream;
@@ -301,18 +297,23 @@ impl Client<'_> {
         if outcome.ended == Ended::Idle {
             tracing::info!(timeout = ?idle, "idle session closed");
         }
-        self.cancel.unassign().await;
         let reusable = matches!(outcome.ended, Ended::Released { .. }) && outcome.server_idle;
         if !reusable {
             tracing::debug!(ended = ?outcome.ended, "server connection not provably idle; closed");
         }
-        // Reset (or closed): its statements are gone, their names stay unique; the reset
-        // query may have reset its settings.
+        self.end_session(lent, reusable).await;
+        false
+    }
+
+    /// The session ends on `lent` (pinned, or not between transactions): the connection is
+    /// reset if `reusable`, else closed. Its statements are gone (their names stay unique),
+    /// and the reset query may have reset its settings.
+    async fn end_session(&self, mut lent: Checkout<PooledServer>, reusable: bool) {
+        self.cancel.unassign().await;
         let server = lent.conn_mut();
         server.statements = statements(&self.prepared).server.cleared();
         server.forget_params();
         release(lent, reusable, &self.pooling.config.reset_query).await;
-        false
     }
 
     /// Writes the end of a transaction's answer that the relay left for after the connection
