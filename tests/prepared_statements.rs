@@ -3,7 +3,8 @@
 //! different texts and each gets its own results; tokio-postgres's prepare does not pin;
 //! a Parse error leaves no statement behind; Close frees the name; pgbench -M prepared;
 //! `DEALLOCATE ALL` and `DISCARD ALL` forget every statement, as on the client's own backend,
-//! without pinning (others' statements are prepared again on the connection).
+//! without pinning (others' statements are prepared again on the connection); the documented
+//! limit of SQL `DEALLOCATE name` of a protocol-level statement.
 
 mod support;
 
@@ -393,4 +394,26 @@ async fn deallocate_all_and_discard_all_forget_every_statement_without_pinning()
         0.0,
         "DEALLOCATE ALL / DISCARD ALL pinned"
     );
+}
+
+/// A documented limit: SQL `DEALLOCATE` of a protocol-level statement's name pins the client
+/// and fails (the server knows the statement by the proxy's name); the statement still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_deallocate_of_a_protocol_statement_pins_and_fails() {
+    let si = StandIn::shared();
+    let http = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let proxy = txn_proxy_http(si, 2, Some(http)).await;
+    let mut a = raw_client(si, proxy.addr).await;
+    let first = [parse("st", "SELECT 'one'"), run("st")].concat();
+    let got = summary(&exchange(&mut a, &first).await);
+    assert_eq!(got, ("12DCZ".into(), Some("one".into())));
+    let answer = exchange(&mut a, &query("DEALLOCATE st")).await;
+    assert_eq!(
+        sqlstate(&answer).as_deref(),
+        Some("26000"),
+        "no such statement"
+    );
+    let got = summary(&exchange(&mut a, &run("st")).await);
+    assert_eq!(got, ("2DCZ".into(), Some("one".into())), "still there");
+    assert_eq!(pinned(http).await, 1.0, "pinned by DEALLOCATE");
 }
