@@ -361,7 +361,18 @@ async fn deallocate_all_and_discard_all_forget_every_statement_without_pinning()
     let http = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
     // One server connection: a pinned client would leave the other waiting.
     let proxy = txn_proxy_http(si, 1, Some(http)).await;
-    for reset in ["DEALLOCATE ALL", "DISCARD ALL"] {
+    // Sent as a Query, or as an unnamed Parse + Bind + Execute + Sync (psycopg's pipeline
+    // mode, pgjdbc's Statement.execute).
+    let ways = [
+        ("DEALLOCATE ALL", query("DEALLOCATE ALL")),
+        ("DISCARD ALL", query("DISCARD ALL")),
+        (
+            "DEALLOCATE ALL",
+            [parse("", "DEALLOCATE ALL"), run("")].concat(),
+        ),
+        ("DISCARD ALL", [parse("", "DISCARD ALL"), run("")].concat()),
+    ];
+    for (reset, sent) in ways {
         let mut a = raw_client(si, proxy.addr).await;
         let mut b = raw_client(si, proxy.addr).await;
         let first = [parse("st", "SELECT 'a1'"), run("st")].concat();
@@ -376,7 +387,7 @@ async fn deallocate_all_and_discard_all_forget_every_statement_without_pinning()
         let got = summary(&exchange(&mut a, &run("st")).await);
         assert_eq!(got, ("2DCZ".into(), Some("a1".into())), "{reset}");
         // The reset, and at once (same write) a Bind of the statement it dropped.
-        let both = [query(reset), run("st")].concat();
+        let both = [sent, run("st")].concat();
         let answer = exchange(&mut a, &both).await;
         assert_eq!(command_tag(&answer).as_deref(), Some(reset));
         let answer = replies(&mut a).await;

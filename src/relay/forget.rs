@@ -1,5 +1,7 @@
 //! Transaction mode: statements that return a session toward its login state, found in the
-//! SQL text of a client's Query (`Q`) as it passes, at its place in the stream. On the
+//! SQL text of a client's Query (`Q`) or Parse (`P`) as it passes, at its place in the
+//! stream (a Parse's Execute follows it; a named statement of such a text run again later
+//! is not noticed). On the
 //! client's own backend they would drop its named statements or its settings; through the
 //! proxy they reach a server connection that other clients' statements and the proxy's
 //! `set_config` of `application_name` live on, so they do not pin (nothing of the client's
@@ -16,7 +18,7 @@
 //! - `DISCARD PLANS`, `DISCARD SEQUENCES`, `DISCARD TEMP`: nothing to forget (cached plans
 //!   are re-planned, prepared statements stay).
 //!
-//! A Query over [`super::pin::SCAN_LIMIT`] is not looked at. Forgetting is conservative: a statement that then fails (inside a failed transaction
+//! A Query or Parse over [`super::pin::SCAN_LIMIT`] is not looked at. Forgetting is conservative: a statement that then fails (inside a failed transaction
 //! block) or is rolled back still forgets.
 
 use super::pin::statements;

@@ -246,12 +246,12 @@ impl Prepared {
         self.expect(false, Reply::Forward, vec![undo, Undo::Server(text)]);
     }
 
-    /// The client's Query went to the server, making the proxy forget `forget`: with
-    /// [`Forget::statements`] the server drops every named statement when it runs it, so the
-    /// client's names are forgotten (as its own backend would) and the connection's cache is
-    /// known empty (what was skipped before it is not undone).
-    pub fn query(&mut self, forget: Forget) {
-        self.synced();
+    /// The client's Query or Parse (whose statement it runs) went to the server, making the
+    /// proxy forget `forget`: with [`Forget::statements`] the server drops every named
+    /// statement when it runs it, so the client's names are forgotten (as its own backend
+    /// would) and the connection's cache is known empty (what was skipped before it is not
+    /// undone).
+    pub fn forget(&mut self, forget: Forget) {
         if forget.statements {
             self.client.clear();
             self.server.clear();

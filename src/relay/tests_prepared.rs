@@ -162,3 +162,21 @@ fn reset_forgets_the_settings_and_keeps_the_statements() {
     assert_eq!(client(&shared, &input, 3), want);
     assert!(lock(&shared).forgot_params);
 }
+
+#[test]
+fn an_unnamed_parse_of_discard_all_forgets_at_its_place() {
+    let mut input = parse("st", "SELECT 1");
+    input.extend(bind("st"));
+    let discard = [parse("", "DISCARD ALL"), bind(""), msg(b'S', &[])].concat();
+    input.extend(&discard);
+    input.extend(bind("st"));
+    let mut want = parse("pgiam_1", "SELECT 1");
+    want.extend(bind("pgiam_1"));
+    want.extend(&discard);
+    want.extend(bind("st")); // forgotten: the server says 26000, as the client's own would
+    for at in 0..=input.len() {
+        let shared = Shared::default();
+        assert_eq!(client(&shared, &input, at), want, "split at {at}");
+        assert!(lock(&shared).forgot_params, "split at {at}");
+    }
+}
