@@ -1,7 +1,10 @@
 //! Transaction pooling with protocol-level named prepared statements against the real
 //! stand-in: clients sharing few server connections use the same statement names for
 //! different texts and each gets its own results; tokio-postgres's prepare does not pin;
-//! a Parse error leaves no statement behind; Close frees the name; pgbench -M prepared.
+//! a Parse error leaves no statement behind; Close frees the name; pgbench -M prepared;
+//! `DEALLOCATE ALL` and `DISCARD ALL` forget every statement, as on the client's own backend,
+//! without pinning (others' statements are prepared again on the connection); the documented
+//! limit of SQL `DEALLOCATE name` of a protocol-level statement.
 
 mod support;
 
@@ -336,4 +339,105 @@ async fn named_statements_work_on_after_a_pin() {
         .expect("pinned: run new")
         .get(0);
     assert_eq!(z, 9);
+}
+
+/// A simple-protocol Query.
+fn query(sql: &str) -> Vec<u8> {
+    message(b'Q', &[sql.as_bytes(), b"\0"].concat())
+}
+
+/// The tag of the first CommandComplete among `replies`.
+fn command_tag(replies: &[(u8, Vec<u8>)]) -> Option<String> {
+    let (_, body) = replies.iter().find(|(t, _)| *t == b'C')?;
+    let tag = body.split(|b| *b == 0).next()?;
+    Some(String::from_utf8_lossy(tag).into_owned())
+}
+
+/// The proxy's `pool_pinned_clients_total`, every reason.
+async fn pinned(http: SocketAddr) -> f64 {
+    let (_, body) = support::http(http, "GET", "/metrics").await;
+    body.lines()
+        .filter(|l| l.starts_with("pg_iam_proxy_pool_pinned_clients_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `sql` through `raw`: its replies up to ReadyForQuery, within 10 s.
+async fn exchange(raw: &mut TcpStream, sql: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    raw.write_all(sql).await.expect("send");
+    replies(raw).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deallocate_all_and_discard_all_forget_every_statement_without_pinning() {
+    let si = StandIn::shared();
+    let http = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    // One server connection: a pinned client would leave the other waiting.
+    let proxy = txn_proxy_http(si, 1, Some(http)).await;
+    // Sent as a Query, or as an unnamed Parse + Bind + Execute + Sync (psycopg's pipeline
+    // mode, pgjdbc's Statement.execute).
+    let ways = [
+        ("DEALLOCATE ALL", query("DEALLOCATE ALL")),
+        ("DISCARD ALL", query("DISCARD ALL")),
+        (
+            "DEALLOCATE ALL",
+            [parse("", "DEALLOCATE ALL"), run("")].concat(),
+        ),
+        ("DISCARD ALL", [parse("", "DISCARD ALL"), run("")].concat()),
+    ];
+    for (reset, sent) in ways {
+        let mut a = raw_client(si, proxy.addr).await;
+        let mut b = raw_client(si, proxy.addr).await;
+        let first = [parse("st", "SELECT 'a1'"), run("st")].concat();
+        let got = summary(&exchange(&mut a, &first).await);
+        assert_eq!(got, ("12DCZ".into(), Some("a1".into())), "{reset}");
+        let keep = [parse("keep", "SELECT 'b'"), run("keep")].concat();
+        let got = summary(&exchange(&mut b, &keep).await);
+        assert_eq!(got, ("12DCZ".into(), Some("b".into())), "{reset}");
+        // DISCARD PLANS keeps every statement.
+        let plans = exchange(&mut a, &query("DISCARD PLANS")).await;
+        assert_eq!(command_tag(&plans).as_deref(), Some("DISCARD PLANS"));
+        let got = summary(&exchange(&mut a, &run("st")).await);
+        assert_eq!(got, ("2DCZ".into(), Some("a1".into())), "{reset}");
+        // The reset, and at once (same write) a Bind of the statement it dropped.
+        let both = [sent, run("st")].concat();
+        let answer = exchange(&mut a, &both).await;
+        assert_eq!(command_tag(&answer).as_deref(), Some(reset));
+        let answer = replies(&mut a).await;
+        assert_eq!(sqlstate(&answer).as_deref(), Some("26000"), "{reset}: gone");
+        // As on its own backend, the name is free again.
+        let again = [parse("st", "SELECT 'a2'"), run("st")].concat();
+        let got = summary(&exchange(&mut a, &again).await);
+        assert_eq!(got, ("12DCZ".into(), Some("a2".into())), "{reset}");
+        // B's statement, dropped from the connection by A's reset, is prepared there again.
+        let got = summary(&exchange(&mut b, &run("keep")).await);
+        assert_eq!(got, ("2DCZ".into(), Some("b".into())), "{reset}: B");
+    }
+    assert_eq!(
+        pinned(http).await,
+        0.0,
+        "DEALLOCATE ALL / DISCARD ALL pinned"
+    );
+}
+
+/// A documented limit: SQL `DEALLOCATE` of a protocol-level statement's name pins the client
+/// and fails (the server knows the statement by the proxy's name); the statement still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_deallocate_of_a_protocol_statement_pins_and_fails() {
+    let si = StandIn::shared();
+    let http = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let proxy = txn_proxy_http(si, 2, Some(http)).await;
+    let mut a = raw_client(si, proxy.addr).await;
+    let first = [parse("st", "SELECT 'one'"), run("st")].concat();
+    let got = summary(&exchange(&mut a, &first).await);
+    assert_eq!(got, ("12DCZ".into(), Some("one".into())));
+    let answer = exchange(&mut a, &query("DEALLOCATE st")).await;
+    assert_eq!(
+        sqlstate(&answer).as_deref(),
+        Some("26000"),
+        "no such statement"
+    );
+    let got = summary(&exchange(&mut a, &run("st")).await);
+    assert_eq!(got, ("2DCZ".into(), Some("one".into())), "still there");
+    assert_eq!(pinned(http).await, 1.0, "pinned by DEALLOCATE");
 }

@@ -3,7 +3,8 @@
 //! each pin reason keeps its client on its backend; cancel reaches the current transaction
 //! only; a pipeline with an error in the middle gives the connection back; COPY done, aborted
 //! or left midway never leaves a connection mid-state in the pool; psql and
-//! tokio-postgres's unnamed statements work.
+//! tokio-postgres's unnamed statements work; `RESET` does not pin, and the client's
+//! `application_name` is set again after it, and after a pinned client's connection was reset.
 
 mod support;
 
@@ -558,4 +559,74 @@ async fn copy_done_aborted_or_left_midway_never_leaves_a_connection_mid_state() 
         .batch_execute(&format!("DROP TABLE {table}"))
         .await
         .expect("drop");
+}
+
+/// tokio-postgres through the proxy as `application_name` `app`.
+async fn connect_as(si: &StandIn, addr: SocketAddr, app: &str) -> Client {
+    let i = &si.info;
+    let conn = format!(
+        "host={} port={} user={} dbname={} application_name={app} sslmode=disable \
+         connect_timeout=20",
+        addr.ip(),
+        addr.port(),
+        i.iam_user,
+        i.database
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .expect("connect through the proxy");
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_does_not_pin_and_the_name_is_set_again() {
+    let si = StandIn::shared();
+    let http = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let proxy = txn_proxy_http(si, 1, Some(http)).await;
+    // The pool's one connection is opened for "first": its login's name.
+    let first = connect_as(si, proxy.addr, "first").await;
+    assert_eq!(one(&first, "SHOW application_name").await, "first");
+    let second = connect_as(si, proxy.addr, "second").await;
+    assert_eq!(one(&second, "SHOW application_name").await, "second");
+    // RESET returns the connection to its login's values (asyncpg's pool runs RESET ALL at
+    // every release); the proxy then sets the client's name again at its next transaction.
+    for reset in ["RESET application_name", "RESET ALL"] {
+        second.batch_execute(reset).await.expect("reset");
+        assert_eq!(
+            one(&second, "SHOW application_name").await,
+            "second",
+            "{reset}"
+        );
+        let limit = Duration::from_secs(10);
+        let shown = tokio::time::timeout(limit, one(&first, "SHOW application_name")).await;
+        assert_eq!(shown.expect("first served: second not pinned"), "first");
+    }
+    let (_, body) = support::http(http, "GET", "/metrics").await;
+    let pins: Vec<_> = body
+        .lines()
+        .filter(|l| l.starts_with("pg_iam_proxy_pool_pinned_clients_total"))
+        .collect();
+    assert!(pins.is_empty(), "RESET pinned: {pins:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_pinned_client_is_reset_the_name_is_set_again() {
+    let si = StandIn::shared();
+    let proxy = txn_proxy(si, 1).await;
+    // The pool's one connection is opened for "first": its login's name.
+    let first = connect_as(si, proxy.addr, "first").await;
+    assert_eq!(one(&first, "SHOW application_name").await, "first");
+    let pinned = connect_as(si, proxy.addr, "second").await;
+    pinned
+        .batch_execute("SET search_path = public")
+        .await
+        .expect("pins");
+    assert_eq!(one(&pinned, "SHOW application_name").await, "second");
+    // It leaves: the connection is reset (DISCARD ALL: the login's name again) and back.
+    drop(pinned);
+    let again = connect_as(si, proxy.addr, "second").await;
+    let limit = Duration::from_secs(20);
+    let shown = tokio::time::timeout(limit, one(&again, "SHOW application_name")).await;
+    assert_eq!(shown.expect("the connection came back"), "second");
 }

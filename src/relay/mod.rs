@@ -19,8 +19,10 @@
 //!
 //! Files: [`pipe`] (one direction), [`frames`] (boundaries), [`splice`] (both directions),
 //! [`goodbye`] (ending a session the proxy ends), [`track`] (the pooled mode's verdict),
-//! [`pin`] and [`prepared`] / [`rewrite`] (transaction mode: pins, named statements).
+//! [`pin`] and [`prepared`] / [`rewrite`] (transaction mode: pins, named statements),
+//! [`forget`] (transaction mode: statements that return a connection toward its login state).
 
+pub mod forget;
 mod frames;
 mod goodbye;
 pub mod pin;

@@ -4,14 +4,17 @@
 //!
 //! The rule, per statement (the text is split at `;` outside quotes, comments skipped at
 //! the start of each statement, keywords compared case-insensitively):
-//! - `SET` (not `SET LOCAL`, not `SET TRANSACTION`), `RESET` -> [`PinReason::Set`]
+//! - `SET` (not `SET LOCAL`, not `SET TRANSACTION`) -> [`PinReason::Set`]
 //! - `LISTEN` -> [`PinReason::Listen`]
 //! - `DECLARE ... WITH HOLD` -> [`PinReason::CursorWithHold`]
 //! - `CREATE [GLOBAL|LOCAL] TEMP|TEMPORARY ...` -> [`PinReason::TempTable`]
-//! - `PREPARE`, `DEALLOCATE` -> [`PinReason::Prepare`]
+//! - `PREPARE`, `DEALLOCATE` (not `DEALLOCATE ALL`) -> [`PinReason::Prepare`]
 //! - `pg_advisory_lock` / `pg_try_advisory_lock` (and their `_shared` forms) anywhere in the
 //!   text -> [`PinReason::AdvisoryLock`] (the `_xact_` forms end with the transaction)
 //! - `set_config` anywhere in the text (whatever its third argument) -> [`PinReason::Set`]
+//!
+//! `RESET`, `DEALLOCATE ALL` and `DISCARD` return toward the login state: they do not pin
+//! but make the proxy forget what it assumed about the connection ([`super::forget`]).
 //!
 //! A protocol-level named statement does not pin ([`super::prepared`]), except a Parse
 //! the proxy passes on unchanged (over its limits) -> [`PinReason::NamedStatement`].
@@ -26,7 +29,7 @@ pub const SCAN_LIMIT: usize = 64 * 1024;
 /// Why a client was pinned to its server connection (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PinReason {
-    /// Session-level `SET` or `RESET`.
+    /// Session-level `SET` (or `set_config`).
     Set,
     /// `LISTEN`.
     Listen,
@@ -147,9 +150,13 @@ fn classify(statement: &str) -> Option<PinReason> {
     let second = words.next().unwrap_or_default();
     match first {
         "set" if !matches!(second, "local" | "transaction") => Some(PinReason::Set),
-        "reset" => Some(PinReason::Set),
         "listen" => Some(PinReason::Listen),
-        "prepare" | "deallocate" => Some(PinReason::Prepare),
+        "prepare" => Some(PinReason::Prepare),
+        "deallocate" => {
+            let third = words.next().unwrap_or_default();
+            let all = second == "all" || (second == "prepare" && third == "all");
+            (!all).then_some(PinReason::Prepare)
+        }
         "declare" if statement.contains("with hold") => Some(PinReason::CursorWithHold),
         "create" => {
             let third = words.next().unwrap_or_default();
@@ -163,7 +170,7 @@ fn classify(statement: &str) -> Option<PinReason> {
 
 /// The statements of `sql` (split at `;` outside quotes and comments), each with its
 /// leading comments and whitespace removed.
-fn statements(sql: &str) -> impl Iterator<Item = &str> {
+pub(super) fn statements(sql: &str) -> impl Iterator<Item = &str> {
     let bytes = sql.as_bytes();
     let mut parts = Vec::new();
     let (mut start, mut i) = (0, 0);
@@ -223,7 +230,8 @@ mod tests {
             ("set session timezone to 'UTC'", Some(Set)),
             ("SET LOCAL work_mem = '1MB'", None),
             ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", None),
-            ("RESET ALL", Some(Set)),
+            ("RESET ALL", None),
+            ("reset search_path", None),
             (
                 "SELECT pg_catalog.set_config('search_path', ' ', false)",
                 Some(Set),
@@ -241,7 +249,11 @@ mod tests {
             ("CREATE GLOBAL TEMPORARY TABLE t (a int)", Some(TempTable)),
             ("CREATE TABLE temp (a int)", None),
             ("-- x\nPREPARE p AS SELECT 1", Some(Prepare)),
-            ("DEALLOCATE ALL", Some(Prepare)),
+            ("DEALLOCATE p", Some(Prepare)),
+            ("DEALLOCATE PREPARE p", Some(Prepare)),
+            ("DEALLOCATE ALL", None),
+            ("deallocate prepare all", None),
+            ("DISCARD ALL", None),
             ("SELECT 'set x; listen y'", None),
             ("SELECT 1 -- ; set x = 1", None),
             ("BEGIN; UPDATE t SET a = 1; COMMIT", None),

@@ -14,6 +14,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use super::forget::Forget;
+
 /// A statement: the Parse body after its name (query text, NUL, parameter type OIDs).
 pub type Text = Arc<[u8]>;
 
@@ -42,6 +44,11 @@ impl ServerStatements {
             counter: self.counter,
             ..Self::default()
         }
+    }
+
+    /// Forgets the statements (the server dropped them), keeping names unique and the clock.
+    fn clear(&mut self) {
+        self.by_text.clear();
     }
 
     fn touch(&mut self, text: &Text) -> Option<Vec<u8>> {
@@ -121,6 +128,8 @@ pub struct Prepared {
     /// Until the ReadyForQuery that ends their segment: our statement names an error may
     /// give, and the client's names for them.
     renames: Vec<(u64, Vec<u8>, Vec<u8>)>,
+    /// A client's statement may have reset the connection's settings ([`Forget::params`]).
+    pub forgot_params: bool,
 }
 
 /// [`Prepared`] as both directions of a relay hold it.
@@ -258,6 +267,22 @@ impl Prepared {
         }
         self.prepare(&text, out);
         self.expect(false, Reply::Forward, vec![undo, Undo::Server(text)]);
+    }
+
+    /// The client's Query or Parse (whose statement it runs) went to the server, making the
+    /// proxy forget `forget`: with [`Forget::statements`] the server drops every named
+    /// statement when it runs it, so the client's names are forgotten (as its own backend
+    /// would) and the connection's cache is known empty (what was skipped before it is not
+    /// undone).
+    pub fn forget(&mut self, forget: Forget) {
+        if forget.statements {
+            self.client.clear();
+            self.server.clear();
+            for e in self.parses.iter_mut().chain(self.closes.iter_mut()) {
+                e.undo.clear();
+            }
+        }
+        self.forgot_params |= forget.params;
     }
 
     /// Any other Parse (unnamed, or passed on unchanged) went to the server.

@@ -1,9 +1,12 @@
 //! Transaction mode, both directions of [`super::prepared`]: the client's Parse, Bind,
 //! Describe and Close are collected (Bind and Parse only up to their names unless a named
-//! Parse needs its text) and rewritten; the server's ParseComplete and CloseComplete are
-//! passed, dropped or renamed and its ReadyForQuery noted. Everything else is copied by
-//! header and length, unparsed.
+//! Parse needs its text) and rewritten; its Query, and its Parse's text, are collected (up
+//! to [`SCAN_LIMIT`]) to find what makes the proxy forget ([`super::forget`]); the server's ParseComplete and
+//! CloseComplete are passed, dropped or renamed and its ReadyForQuery noted. Everything
+//! else is copied by header and length, unparsed.
 
+use super::forget::forgets;
+use super::pin::SCAN_LIMIT;
 use super::prepared::{lock, put, Reply, Shared};
 
 /// A named Parse longer than this goes to the server unchanged (and pins its client).
@@ -85,9 +88,12 @@ impl Rewrite {
         self.header = h;
         self.header.clear();
         let collect = self.client && matches!(tag, b'P' | b'B' | b'D' | b'C') && len > 0;
+        let query = self.client && tag == b'Q' && len <= SCAN_LIMIT;
         let error = !self.client && tag == b'E' && len <= NAMES_LIMIT;
-        if (collect && len <= TEXT_LIMIT) || (error && lock(&self.shared).renaming()) {
-            let whole = matches!(tag, b'D' | b'C' | b'E');
+        if (collect && len <= TEXT_LIMIT) || query || (error && lock(&self.shared).renaming()) {
+            // A Parse's text is scanned too ([`super::forget`]) up to the Query's limit.
+            let whole =
+                matches!(tag, b'D' | b'C' | b'Q' | b'E') || (tag == b'P' && len <= SCAN_LIMIT);
             let body = Vec::with_capacity(len.min(NAMES_LIMIT));
             self.state = State::Collect {
                 tag,
@@ -105,7 +111,8 @@ impl Rewrite {
                 p.parse_passed();
             }
             (true, b'C') => p.close(None),
-            (true, b'Q' | b'S' | b'F') => p.synced(),
+            (true, b'Q' | b'S' | b'F') => p.synced(), // a Query too long to scan
+
             (false, b'1' | b'3') if len == 0 => match p.expected(tag) {
                 Reply::Forward => {}
                 Reply::Swallow => return self.state = State::Between,
@@ -165,6 +172,9 @@ impl Rewrite {
             return put(out, tag, &[&p.renamed(body)]);
         }
         let (name, after) = cstr(body);
+        if tag == b'P' && len <= SCAN_LIMIT {
+            p.forget(forgets(after)); // before its own name is remembered
+        }
         match tag {
             b'P' if !name.is_empty() && body.len() == len => {
                 return p.parse(name, after, out);
@@ -188,6 +198,10 @@ impl Rewrite {
                 }
             }
             b'C' => p.close((name.first() == Some(&b'S')).then(|| &name[1..])),
+            b'Q' => {
+                p.synced();
+                p.forget(forgets(body));
+            }
             _ => {}
         }
         put_header(out, tag, len);

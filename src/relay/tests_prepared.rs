@@ -127,3 +127,56 @@ fn the_least_recently_used_statement_of_an_earlier_transaction_is_evicted() {
         "its reply dropped"
     );
 }
+
+#[test]
+fn deallocate_all_forgets_at_its_place_in_the_stream() {
+    let query = msg(b'Q', &[b"DEALLOCATE ALL\0"]);
+    let mut input = parse("st", "SELECT 1");
+    input.extend(msg(b'S', &[]));
+    input.extend(&query);
+    // The same name and text again: a new statement (not 42P05), prepared anew (the server
+    // dropped pgiam_1), and the Bind reaches it.
+    input.extend(parse("st", "SELECT 1"));
+    input.extend(bind("st"));
+    let mut want = parse("pgiam_1", "SELECT 1");
+    want.extend(msg(b'S', &[]));
+    want.extend(&query);
+    want.extend(parse("pgiam_2", "SELECT 1"));
+    want.extend(bind("pgiam_2"));
+    for at in 0..=input.len() {
+        let shared = Shared::default();
+        assert_eq!(client(&shared, &input, at), want, "split at {at}");
+        assert!(!lock(&shared).forgot_params, "split at {at}");
+    }
+}
+
+#[test]
+fn reset_forgets_the_settings_and_keeps_the_statements() {
+    let shared = Shared::default();
+    let mut input = parse("st", "SELECT 1");
+    input.extend(msg(b'Q', &[b"RESET ALL\0"]));
+    input.extend(bind("st"));
+    let mut want = parse("pgiam_1", "SELECT 1");
+    want.extend(msg(b'Q', &[b"RESET ALL\0"]));
+    want.extend(bind("pgiam_1"));
+    assert_eq!(client(&shared, &input, 3), want);
+    assert!(lock(&shared).forgot_params);
+}
+
+#[test]
+fn an_unnamed_parse_of_discard_all_forgets_at_its_place() {
+    let mut input = parse("st", "SELECT 1");
+    input.extend(bind("st"));
+    let discard = [parse("", "DISCARD ALL"), bind(""), msg(b'S', &[])].concat();
+    input.extend(&discard);
+    input.extend(bind("st"));
+    let mut want = parse("pgiam_1", "SELECT 1");
+    want.extend(bind("pgiam_1"));
+    want.extend(&discard);
+    want.extend(bind("st")); // forgotten: the server says 26000, as the client's own would
+    for at in 0..=input.len() {
+        let shared = Shared::default();
+        assert_eq!(client(&shared, &input, at), want, "split at {at}");
+        assert!(lock(&shared).forgot_params, "split at {at}");
+    }
+}

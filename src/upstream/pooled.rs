@@ -35,14 +35,21 @@ pub struct PooledServer {
     /// Transaction mode: the values set with `set_config` since login (no reset runs
     /// between transactions), which override `baseline`.
     pub since_login: ServerParams,
+    /// Transaction mode: a client's `RESET` or `DISCARD ALL` may have changed the settings
+    /// back to the login's (or not, if rolled back): the next client's are set whatever
+    /// they are ([`PooledServer::forget_params`]).
+    pub params_unknown: bool,
     /// Transaction mode: the named statements prepared on it for clients.
     pub statements: crate::relay::prepared::ServerStatements,
 }
 
 impl PooledServer {
-    /// Whether the session's value of any of `params` differs from the one given.
+    /// Whether the session's value of any of `params` differs from the one given (or may).
     pub fn differs(&self, params: &[(String, String)]) -> bool {
         params.iter().any(|(name, value)| {
+            if self.params_unknown {
+                return true;
+            }
             let now = self
                 .since_login
                 .get(name)
@@ -51,8 +58,18 @@ impl PooledServer {
         })
     }
 
-    /// The values the session has now: `baseline` with `since_login` applied.
+    /// Stops assuming what `since_login` says.
+    pub fn forget_params(&mut self) {
+        self.since_login = ServerParams::default();
+        self.params_unknown = true;
+    }
+
+    /// The values the session has now: `baseline` with `since_login` applied (none known
+    /// after [`PooledServer::forget_params`]).
     pub fn current(&self) -> ServerParams {
+        if self.params_unknown {
+            return ServerParams::default();
+        }
         let mut now = self.baseline.clone();
         for (name, value) in self.since_login.iter() {
             now.set(name.to_owned(), value.to_owned());
@@ -145,6 +162,7 @@ impl Connector for ServerConnector {
                 baseline,
                 key,
                 since_login: ServerParams::default(),
+                params_unknown: false,
                 statements: Default::default(),
             })
         }

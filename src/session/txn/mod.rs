@@ -179,6 +179,7 @@ impl Client<'_> {
                 for (name, value) in &self.settable {
                     server.since_login.set(name.clone(), value.clone());
                 }
+                server.params_unknown = false; // every settable name was just set
                 Some(lent)
             }
             Err(e) => {
@@ -225,6 +226,7 @@ impl Client<'_> {
         )
         .await;
         self.count_reprepared();
+        self.forget_params(&mut lent);
         match (outcome.ended, outcome.pinned) {
             (Ended::Returned, None) => {
                 // Back before the client reads the ReadyForQuery that ends its transaction,
@@ -243,10 +245,7 @@ impl Client<'_> {
                 let pools = &self.pooling.pools;
                 pools.metrics().pinned(pools.target(), reason.as_str());
                 if !self.deliver(client, &outcome.tail, meters).await {
-                    self.cancel.unassign().await;
-                    let server = &mut lent.conn_mut().statements;
-                    *server = statements(&self.prepared).server.cleared();
-                    release(lent, true, &self.pooling.config.reset_query).await;
+                    self.end_session(lent, true).await;
                     return false;
                 }
                 let stream = &mut lent.conn_mut().conn.stream;
@@ -255,22 +254,30 @@ impl Client<'_> {
                     relay::splice_transaction(client, stream, Phase::Pinned, cut, idle, meters, p);
                 outcome = rest.await;
                 self.count_reprepared();
+                self.forget_params(&mut lent);
             }
             _ => {}
         }
         if outcome.ended == Ended::Idle {
             tracing::info!(timeout = ?idle, "idle session closed");
         }
-        self.cancel.unassign().await;
         let reusable = matches!(outcome.ended, Ended::Released { .. }) && outcome.server_idle;
         if !reusable {
             tracing::debug!(ended = ?outcome.ended, "server connection not provably idle; closed");
         }
-        // Reset (or closed): its statements are gone, their names stay unique.
-        let server = &mut lent.conn_mut().statements;
-        *server = statements(&self.prepared).server.cleared();
-        release(lent, reusable, &self.pooling.config.reset_query).await;
+        self.end_session(lent, reusable).await;
         false
+    }
+
+    /// The session ends on `lent` (pinned, or not between transactions): the connection is
+    /// reset if `reusable`, else closed. Its statements are gone (their names stay unique),
+    /// and the reset query may have reset its settings.
+    async fn end_session(&self, mut lent: Checkout<PooledServer>, reusable: bool) {
+        self.cancel.unassign().await;
+        let server = lent.conn_mut();
+        server.statements = statements(&self.prepared).server.cleared();
+        server.forget_params();
+        release(lent, reusable, &self.pooling.config.reset_query).await;
     }
 
     /// Writes the end of a transaction's answer that the relay left for after the connection
@@ -301,6 +308,14 @@ impl Client<'_> {
                 tracing::debug!("client did not take the end of its transaction's answer");
                 false
             }
+        }
+    }
+
+    /// After the client's `RESET` or `DISCARD ALL` ([`relay::forget`]), stops assuming what
+    /// its settings on `lent` are.
+    fn forget_params(&self, lent: &mut Checkout<PooledServer>) {
+        if std::mem::take(&mut statements(&self.prepared).forgot_params) {
+            lent.conn_mut().forget_params();
         }
     }
 

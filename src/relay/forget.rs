@@ -1,0 +1,113 @@
+//! Transaction mode: statements that return a session toward its login state, found in the
+//! SQL text of a client's Query (`Q`) or Parse (`P`) as it passes, at its place in the
+//! stream (a Parse's Execute follows it; a named statement of such a text run again later
+//! is not noticed). On the
+//! client's own backend they would drop its named statements or its settings; through the
+//! proxy they reach a server connection that other clients' statements and the proxy's
+//! `set_config` of `application_name` live on, so they do not pin (nothing of the client's
+//! own is left on the connection for them to reset): the proxy forgets what it assumed.
+//!
+//! - `DEALLOCATE ALL` (`DEALLOCATE PREPARE ALL`) -> [`Forget::statements`]: the client's
+//!   named statements are forgotten, and the connection is known to hold none of the proxy's
+//!   (others' statements are prepared again there when used).
+//! - `DISCARD ALL` -> [`Forget::statements`] and [`Forget::params`]: it also runs
+//!   `RESET ALL` (and drops temporary tables, cursors, LISTENs, advisory locks: none of which
+//!   an unpinned client can hold, since each pins).
+//! - `RESET ...` (`RESET ALL` too) -> [`Forget::params`]: the connection's settings may be
+//!   its login's again, so the client's `application_name` is set again at its next lend.
+//! - `DISCARD PLANS`, `DISCARD SEQUENCES`, `DISCARD TEMP`: nothing to forget (cached plans
+//!   are re-planned, prepared statements stay).
+//!
+//! A Query or Parse over [`super::pin::SCAN_LIMIT`] is not looked at. Forgetting is conservative: a statement that then fails (inside a failed transaction
+//! block) or is rolled back still forgets.
+
+use super::pin::statements;
+
+/// What the proxy stops assuming about the server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Forget {
+    /// Every named statement on it (the client's and the proxy's) is gone.
+    pub statements: bool,
+    /// Its settings may have changed back to its login's.
+    pub params: bool,
+}
+
+/// What `sql` (bytes up to the first NUL) makes the proxy forget.
+pub fn forgets(sql: &[u8]) -> Forget {
+    let sql = sql.split(|b| *b == 0).next().unwrap_or_default();
+    let mut out = Forget::default();
+    if !["reset", "deallocate", "discard"]
+        .iter()
+        .any(|word| contains_ignoring_case(sql, word.as_bytes()))
+    {
+        return out; // the common case: no lowercase copy
+    }
+    let lower = String::from_utf8_lossy(sql).to_ascii_lowercase();
+    for statement in statements(&lower) {
+        let mut words = statement
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| !w.is_empty());
+        match (words.next(), words.next(), words.next()) {
+            (Some("reset"), _, _) => out.params = true,
+            (Some("deallocate"), Some("all"), _)
+            | (Some("deallocate"), Some("prepare"), Some("all")) => {
+                out.statements = true;
+            }
+            (Some("discard"), Some("all"), _) => {
+                out.statements = true;
+                out.params = true;
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Whether `needle` (lowercase) occurs in `hay`, ASCII case ignored.
+fn contains_ignoring_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_each_statement_forgets() {
+        let (none, st, params) = (
+            Forget::default(),
+            Forget {
+                statements: true,
+                params: false,
+            },
+            Forget {
+                statements: false,
+                params: true,
+            },
+        );
+        let both = Forget {
+            statements: true,
+            params: true,
+        };
+        for (sql, want) in [
+            ("DEALLOCATE ALL", st),
+            ("deallocate prepare all", st),
+            ("DEALLOCATE p1", none),
+            ("DISCARD ALL", both),
+            ("discard plans", none),
+            ("DISCARD TEMP", none),
+            ("RESET ALL", params),
+            ("reset application_name", params),
+            (
+                "SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;",
+                params,
+            ),
+            ("SELECT 'DEALLOCATE ALL'", none),
+            ("/* c */ DEALLOCATE ALL; SELECT 1", st),
+            ("SELECT 1 UNION ALL SELECT 2", none),
+        ] {
+            assert_eq!(forgets(sql.as_bytes()), want, "{sql}");
+        }
+    }
+}
