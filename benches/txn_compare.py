@@ -94,10 +94,13 @@ def idle_memory(args, binary, bouncer_bin, info, flags, workdir):
             per[name] = pc.idle_memory(name, proc.pid, port, user, args.idle, autocommit=True)
         finally:
             stop([proc])
-    total = per["proxy-transaction"] * args.idle / 1024
-    print(f"  proxy: {total:.1f} MiB for {args.idle} idle clients "
-          f"({per['proxy-transaction'] * 10000 / 1024:.0f} MiB at 10,000 at this rate; target <= 200 MiB); "
-          f"{per['proxy-transaction'] / per['pgbouncer']:.2f}x PgBouncer's per-client memory (lower is better)")
+    proxy, bouncer = per["proxy-transaction"], per["pgbouncer"]
+    # A few idle clients may not move PgBouncer's RSS by a page: no ratio then.
+    ratio = (f"{proxy / bouncer:.2f}x PgBouncer's per-client memory (lower is better)" if bouncer > 0
+             else "no ratio to PgBouncer (its RSS did not grow)")
+    print(f"  proxy: {proxy * args.idle / 1024:.1f} MiB for {args.idle} idle clients "
+          f"({proxy * 10000 / 1024:.0f} MiB at 10,000 at this rate; target <= 200 MiB); "
+          f"{ratio}")
 
 
 def prepared_vs_simple(args, proxy):
