@@ -9,7 +9,9 @@
 //! (no lock is held while it waits), asks, and gives it back; a socket that failed or timed
 //! out is closed (a fresh one next time: no stale state), and a late answer to an earlier
 //! request is skipped by its sequence number. One socket is opened at start, so a lookup
-//! needs no descriptor of its own when the process is at its descriptor limit.
+//! needs no descriptor of its own when the process is at its descriptor limit. (One socket
+//! behind a tokio Mutex was measured too, `benches/identify.rs`: 1.2 µs a lookup against the
+//! pool's 1.4 µs, but 17.2 µs against 12.5 µs for 8 lookups at once, which queue on it.)
 
 mod wire;
 
