@@ -26,54 +26,19 @@ import os
 import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
 
 import psycopg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, what, deadline_s=30):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"{what} did not listen on {port} within {deadline_s} s")
-
-
-def ensure_proxy(args):
-    if args.bin:
-        return args.bin
-    subprocess.run(["cargo", "build", "--quiet", "--bin", "pg-iam-proxy"], cwd=ROOT, check=True)
-    return os.path.join(ROOT, "target", "debug", "pg-iam-proxy")
-
-
-def start_cluster():
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests/support/standin.py"), "--cluster"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    return proc, json.loads(proc.stdout.readline())
+from common import aws_env, ensure_proxy, free_port, start_standin, wait_port
 
 
 def start_proxy(binary, info, http_port):
     c = info["cluster"]
     port = free_port()
-    env = dict(os.environ, AWS_ACCESS_KEY_ID=info["access_key_id"], AWS_SECRET_ACCESS_KEY=info["secret_access_key"],
-               AWS_REGION=info["region"], AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null",
-               AWS_EC2_METADATA_DISABLED="true", PG_IAM_PROXY_CONNECT_TO=",".join(c["connect_to"]))
+    env = aws_env(info, PG_IAM_PROXY_CONNECT_TO=",".join(c["connect_to"]))
     proc = subprocess.Popen(
         [binary, "run", "--listen", f"127.0.0.1:{port}", "--host", c["cluster_host"], "--port",
          str(c["virtual_port"]), "--ca-file", info["ca_file"], "--http-addr", f"127.0.0.1:{http_port}",
@@ -166,8 +131,8 @@ def main():
     parser.add_argument("--pause", type=float, default=0.5, help="seconds the cluster has no writer")
     parser.add_argument("--bin")
     args = parser.parse_args()
-    binary = ensure_proxy(args)
-    cluster, info = start_cluster()
+    binary = ensure_proxy(args.bin, profile="debug")
+    cluster, info = start_standin("--cluster")
     http_port = free_port()
     proxy, port = start_proxy(binary, info, http_port)
     writer = Writer(port, info)

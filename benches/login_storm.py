@@ -15,47 +15,17 @@ the slowest took. Measures one proxy binary per run (`--bin`), e.g. before and a
 import argparse
 import asyncio
 import collections
-import json
 import os
-import resource
-import socket
 import subprocess
-import sys
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def raise_fd_limit():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
-def start_standin(max_connections):
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "tests/support/standin.py"),
-         "--max-connections", str(max_connections)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    return proc, json.loads(proc.stdout.readline())
+from common import ROOT, aws_env, free_port, proxy_argv, raise_fd_limit, start_standin, stop
 
 
 def start_proxy(binary, info, port, extra):
-    env = dict(os.environ)
-    env.update(AWS_ACCESS_KEY_ID=info["access_key_id"], AWS_SECRET_ACCESS_KEY=info["secret_access_key"],
-               AWS_REGION=info["region"], AWS_CONFIG_FILE="/dev/null",
-               AWS_SHARED_CREDENTIALS_FILE="/dev/null", AWS_EC2_METADATA_DISABLED="true")
     proc = subprocess.Popen(
-        [binary, "run", "--listen", f"127.0.0.1:{port}", "--host", "localhost",
-         "--port", str(info["port"]), "--ca-file", info["ca_file"], *extra],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proxy_argv(binary, info, port, *extra), env=aws_env(info), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
         if "ready" in line:
             break
@@ -108,16 +78,13 @@ def main():
     p.add_argument("extra", nargs="*", help="extra proxy flags (after --)")
     args = p.parse_args()
     print(f"fd limit: {raise_fd_limit()}")
-    standin, info = start_standin(args.server_connections)
+    standin, info = start_standin("--max-connections", str(args.server_connections))
     proxy = start_proxy(args.bin, info, free_port(), args.extra)
     try:
         port = int(proxy.args[proxy.args.index("--listen") + 1].rsplit(":", 1)[1])
         outcomes, slowest = asyncio.run(storm(port, info["iam_user"], info["database"], args.clients))
     finally:
-        proxy.terminate()
-        proxy.wait()
-        standin.stdin.close()
-        standin.wait()
+        stop([proxy], standin)
     print(f"{args.clients} clients, server max_connections {args.server_connections}, "
           f"slowest answer after {slowest:.1f} s")
     for what, n in outcomes.most_common():

@@ -16,67 +16,25 @@ Two topologies:
 Then the latency one client sees, and the proxy's resident memory per idle connection.
 
     python3 benches/pgbench_compare.py [--rounds 5] [--seconds 10] [--clients 8] [--idle 500]
-                                       [--topology both|shared|split]
+                                       [--topology both|shared|split] [--bin target/release/pg-iam-proxy]
 """
 
 import argparse
-import json
 import os
 import re
-import shutil
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "pg-iam-proxy")
-FLOOR = os.path.join(ROOT, "target", "release", "examples", "floor_relay")
+from common import (add_bin_argument, aws_env, ensure_floor, ensure_proxy, free_port, pgbench_bin, pinned,
+                    prepare_data, proxy_argv, rss_kib, start_floor, start_standin, stop)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pgbench_bin():
-    found = shutil.which("pgbench")
-    if found:
-        return found
-    bindir = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip()
-    return os.path.join(bindir, "pgbench")
-
-
-def start_standin():
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "tests/support/standin.py")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    info = json.loads(proc.stdout.readline())
-    return proc, info
-
-
-def aws_env(info):
-    env = dict(os.environ)
-    env.update(AWS_ACCESS_KEY_ID=info["access_key_id"], AWS_SECRET_ACCESS_KEY=info["secret_access_key"],
-               AWS_REGION=info["region"], AWS_CONFIG_FILE="/dev/null",
-               AWS_SHARED_CREDENTIALS_FILE="/dev/null", AWS_EC2_METADATA_DISABLED="true")
-    return env
-
-
-def pinned(cpus):
-    """A preexec_fn that pins the child (and every thread it starts) to `cpus`, if given."""
-    return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-
-
-def start_proxy(info, port, socket_dir, cpus=None):
+def start_proxy(binary, info, port, socket_dir, cpus=None):
     unix = ["--unix-socket", socket_dir] if socket_dir else []
     proc = subprocess.Popen(
-        [BIN, "run", "--listen", f"127.0.0.1:{port}", *unix, "--host", "localhost",
-         "--port", str(info["port"]), "--ca-file", info["ca_file"]],
-        env=aws_env(info), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        proxy_argv(binary, info, port, *unix), env=aws_env(info), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         text=True, preexec_fn=pinned(cpus))
     for line in proc.stderr:
         if "listening" in line:
@@ -84,22 +42,6 @@ def start_proxy(info, port, socket_dir, cpus=None):
             threading.Thread(target=proc.stderr.read, daemon=True).start()
             return proc
     raise SystemExit("proxy did not start")
-
-
-def start_floor(info, cpus=None):
-    proc = subprocess.Popen([FLOOR, "127.0.0.1:0", f"127.0.0.1:{info['port']}"], stdout=subprocess.PIPE,
-                            text=True, preexec_fn=pinned(cpus))
-    return proc, int(proc.stdout.readline().rsplit(":", 1)[1])
-
-
-def prepare_data(info, scale):
-    env = dict(os.environ, PGPASSWORD=info["master_password"], PGSSLMODE="require")
-    conn = ["-h", "localhost", "-p", str(info["port"]), "-U", info["master_user"], info["database"]]
-    subprocess.run([pgbench_bin(), "-i", "-q", "-s", str(scale), *conn], env=env, check=True,
-                   capture_output=True)
-    subprocess.run(["psql", "-X", "-q", *conn, "-c",
-                    f"grant select on all tables in schema public to {info['iam_user']}"],
-                   env=env, check=True)
 
 
 def run_pgbench(args, host, port, env, cpus=None):
@@ -116,11 +58,6 @@ def latency_us(host, port, env, seconds):
         [pgbench_bin(), "-n", "-S", "-c", "1", "-T", str(seconds), "-h", host, "-p", str(port),
          "-U", "iam_dbuser", "labdb"], env=env, capture_output=True, text=True, check=True).stdout
     return float(re.search(r"latency average = ([0-9.]+) ms", out).group(1)) * 1000
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
 
 
 def idle_memory(proxy_port, pid, count):
@@ -168,14 +105,15 @@ def main():
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--idle", type=int, default=500, help="idle connections for the memory check")
     ap.add_argument("--topology", choices=["both", "shared", "split"], default="both")
+    add_bin_argument(ap)
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--locked", "--quiet", "--bin", "pg-iam-proxy",
-                    "--example", "floor_relay"], cwd=ROOT, check=True)
+    binary = ensure_proxy(args.bin)
+    ensure_floor()
     standin, info = start_standin()
     procs = []
     try:
         prepare_data(info, args.scale)
-        token = subprocess.run([BIN, "token", "--host", "localhost", "--port", str(info["port"]),
+        token = subprocess.run([binary, "token", "--host", "localhost", "--port", str(info["port"]),
                                 "--user", "iam_dbuser"], env=aws_env(info), capture_output=True,
                                text=True, check=True).stdout.strip()
         direct_env = dict(os.environ, PGPASSWORD=token, PGSSLMODE="verify-full",
@@ -185,7 +123,7 @@ def main():
         direct = ("direct TLS", "localhost", info["port"], direct_env)
 
         port, socket_dir = free_port(), tempfile.mkdtemp()
-        proxy = start_proxy(info, port, socket_dir)
+        proxy = start_proxy(binary, info, port, socket_dir)
         floor, floor_port = start_floor(info)
         procs += [proxy, floor]
         if args.topology in ("both", "shared"):
@@ -209,18 +147,14 @@ def main():
             server, client = {cpus[-1]}, set(cpus[:-1])
             os.sched_setaffinity(postmaster_pid(info), server)  # new backends inherit it
             split_port = free_port()
-            procs.append(start_proxy(info, split_port, None, client))
+            procs.append(start_proxy(binary, info, split_port, None, client))
             split_floor, split_floor_port = start_floor(info, client)
             procs.append(split_floor)
             rounds(args, f"split CPUs (server on {sorted(server)}, clients and proxy on {sorted(client)})", [
                 (*direct, client), ("floor relay", "localhost", split_floor_port, direct_env, client),
                 ("proxy via TCP", "127.0.0.1", split_port, proxy_env, client)])
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait()
-        standin.stdin.close()
-        standin.wait()
+        stop(procs, standin)
 
 
 if __name__ == "__main__":

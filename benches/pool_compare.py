@@ -38,7 +38,6 @@ PgBouncer is installed with apt-get if missing (root). The proxy is built (`carg
 """
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -47,56 +46,16 @@ import ssl
 import statistics
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_BIN = os.path.join(ROOT, "target", "release", "pg-iam-proxy")
-FLOOR_SRC = os.path.join(ROOT, "examples", "floor_relay.rs")
-FLOOR = os.path.join(ROOT, "target", "bench", "floor_relay")
+from common import (ROOT, add_bin_argument, aws_env, ensure_floor, ensure_proxy, free_port, pgbench_bin,
+                    prepare_data, proxy_argv, rss_kib, start_floor, start_standin, stop, wait_port)
+
 POOL_SIZE = 50  # --pool-size of the session-mode proxy (its default) and PgBouncer's default_pool_size
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, what, deadline_s=30):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"{what} did not listen on {port} within {deadline_s} s")
-
-
 # --- building and installing -------------------------------------------------------------------
-
-def newest_source_mtime():
-    paths = [os.path.join(ROOT, p) for p in ("Cargo.toml", "Cargo.lock", "build.rs")]
-    for base, _, files in os.walk(os.path.join(ROOT, "src")):
-        paths += [os.path.join(base, f) for f in files]
-    return max(os.path.getmtime(p) for p in paths if os.path.exists(p))
-
-
-def ensure_proxy(args):
-    if args.bin:
-        if not os.access(args.bin, os.X_OK):
-            raise SystemExit(f"--bin {args.bin}: not an executable")
-        return args.bin
-    if not os.path.exists(DEFAULT_BIN) or os.path.getmtime(DEFAULT_BIN) < newest_source_mtime():
-        print("building the proxy (cargo build --release; ~10 min on 2 cores) ...", flush=True)
-        subprocess.run(["cargo", "build", "--release", "--locked", "--quiet", "--bin", "pg-iam-proxy"],
-                       cwd=ROOT, check=True)
-    return DEFAULT_BIN
-
 
 def ensure_floor_tls():
     """The TLS-terminating floor uses the crate's own tokio and rustls: a cargo example."""
@@ -104,14 +63,6 @@ def ensure_floor_tls():
     subprocess.run(["cargo", "build", "--release", "--locked", "--quiet", "--example", "floor_tls"],
                    cwd=ROOT, check=True)
     return os.path.join(target, "release", "examples", "floor_tls")
-
-
-def ensure_floor():
-    """The copy-only relay uses std alone: rustc builds it in seconds, no cargo profile needed."""
-    if not os.path.exists(FLOOR) or os.path.getmtime(FLOOR) < os.path.getmtime(FLOOR_SRC):
-        os.makedirs(os.path.dirname(FLOOR), exist_ok=True)
-        subprocess.run(["rustc", "--edition", "2021", "-C", "opt-level=3", "-o", FLOOR, FLOOR_SRC], check=True)
-    return FLOOR
 
 
 def ensure_pgbouncer():
@@ -140,31 +91,10 @@ def pool_modes(binary):
 
 # --- processes ---------------------------------------------------------------------------------
 
-def pgbench_bin():
-    return shutil.which("pgbench") or os.path.join(
-        subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip(), "pgbench")
-
-
-def start_standin():
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests/support/standin.py")],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    return proc, json.loads(proc.stdout.readline())
-
-
-def aws_env(info):
-    env = dict(os.environ)
-    env.update(AWS_ACCESS_KEY_ID=info["access_key_id"], AWS_SECRET_ACCESS_KEY=info["secret_access_key"],
-               AWS_REGION=info["region"], AWS_CONFIG_FILE="/dev/null",
-               AWS_SHARED_CREDENTIALS_FILE="/dev/null", AWS_EC2_METADATA_DISABLED="true")
-    return env
-
-
 def start_proxy(binary, info, flags):
     port = free_port()
-    proc = subprocess.Popen(
-        [binary, "run", "--listen", f"127.0.0.1:{port}", "--host", "localhost", "--port", str(info["port"]),
-         "--ca-file", info["ca_file"], *flags],
-        env=aws_env(info), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(proxy_argv(binary, info, port, *flags), env=aws_env(info), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port, proc, "pg-iam-proxy")
     return proc, port
 
@@ -172,11 +102,6 @@ def start_proxy(binary, info, flags):
 def start_floor_tls(binary, info):
     proc = subprocess.Popen([binary, "127.0.0.1:0", f"127.0.0.1:{info['port']}", "localhost", info["ca_file"]],
                             stdout=subprocess.PIPE, text=True)
-    return proc, int(proc.stdout.readline().rsplit(":", 1)[1])
-
-
-def start_floor(info):
-    proc = subprocess.Popen([FLOOR, "127.0.0.1:0", f"127.0.0.1:{info['port']}"], stdout=subprocess.PIPE, text=True)
     return proc, int(proc.stdout.readline().rsplit(":", 1)[1])
 
 
@@ -211,15 +136,6 @@ ignore_startup_parameters = extra_float_digits
                                 **drop)
     wait_port(port, proc, "pgbouncer")
     return proc, port
-
-
-def prepare_data(info, scale):
-    env = dict(os.environ, PGPASSWORD=info["master_password"], PGSSLMODE="require")
-    conn = ["-h", "localhost", "-p", str(info["port"]), "-U", info["master_user"], info["database"]]
-    subprocess.run([pgbench_bin(), "-i", "-q", "-s", str(scale), *conn], env=env, check=True, capture_output=True)
-    subprocess.run(["psql", "-X", "-q", *conn, "-c",
-                    f"grant select on all tables in schema public to {info['iam_user']}, {info['plain_user']}"],
-                   env=env, check=True)
 
 
 def decisions(info):
@@ -381,11 +297,6 @@ def first_result(args, contenders, info):
     return p50s
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
-
-
 def idle_memory(name, pid, port, user, count, autocommit=False):
     import psycopg
 
@@ -483,11 +394,11 @@ def main():
     ap.add_argument("--idle", type=int, default=200, help="idle clients for (d)")
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="1 round of 2 s, 30 connects, 50 idle clients")
-    ap.add_argument("--bin", help="the proxy binary (default: target/release/pg-iam-proxy, built if stale)")
+    add_bin_argument(ap)
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.seconds, args.connects, args.idle, args.scale = 1, 2, 30, 50, 1
-    binary = ensure_proxy(args)
+    binary = ensure_proxy(args.bin)
     ensure_floor()
     floor_tls_bin = ensure_floor_tls()
     bouncer_bin = ensure_pgbouncer()
@@ -523,18 +434,12 @@ def main():
         print("  median tps, and medians of the per-round ratios (higher is better):")
         steady = ratio_table(tps, "tps", extra_cols=("IAM logins", {n: str(v) for n, v in logins.items()}))
         p50s = first_result(args, contenders, info)
-        for p in procs:
-            p.terminate()
-            p.wait()
+        stop(procs)
         procs = []
         per_client = memory(args, binary, info, modes, has_pool_size, bouncer_bin, workdir)
         summary([n for n, _ in modes], connect, connect_logins, steady, p50s, per_client)
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait()
-        standin.stdin.close()
-        standin.wait()
+        stop(procs, standin)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

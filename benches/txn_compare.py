@@ -20,15 +20,12 @@ prepared / simple (target >= 0.9x). PgBouncer 1.18 cannot run -M prepared in thi
 
 import argparse
 import os
-import resource
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import pool_compare as pc  # noqa: E402
+import pool_compare as pc
+from common import add_bin_argument, ensure_proxy, prepare_data, raise_fd_limit, start_standin, stop
 
 
 def main():
@@ -40,19 +37,17 @@ def main():
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--idle", type=int, default=1000, help="idle clients for (b); 0 skips it")
     ap.add_argument("--no-prepared", action="store_true", help="skip (c)")
-    ap.add_argument("--bin", help="the proxy binary (default: target/release/pg-iam-proxy, built if stale)")
+    add_bin_argument(ap)
     args = ap.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = max(8 * args.clients, args.idle) + 1024  # pgbench's and the idle clients' sockets
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, want)), hard))
-    binary = pc.ensure_proxy(args)
+    raise_fd_limit(max(8 * args.clients, args.idle) + 1024)  # pgbench's and the idle clients' sockets
+    binary = ensure_proxy(args.bin)
     bouncer_bin = pc.ensure_pgbouncer()
     workdir = tempfile.mkdtemp(prefix="txn-compare-")
     os.chmod(workdir, 0o755)
-    standin, info = pc.start_standin()
+    standin, info = start_standin()
     procs = []
     try:
-        pc.prepare_data(info, args.scale)
+        prepare_data(info, args.scale)
         bouncer, bouncer_port = pc.start_pgbouncer(bouncer_bin, info, os.path.join(workdir, "run"),
                                                    args.servers, args.clients + 100, mode="transaction")
         procs.append(bouncer)
@@ -75,18 +70,12 @@ def main():
               f"target >= 1.0x); proxy IAM logins in all rounds: {logins['proxy-transaction']}")
         if not args.no_prepared:
             prepared_vs_simple(args, contenders[1])
-        for p in procs:
-            p.terminate()
-            p.wait()
+        stop(procs)
         procs = []
         if args.idle:
             idle_memory(args, binary, bouncer_bin, info, flags, workdir)
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait()
-        standin.stdin.close()
-        standin.wait()
+        stop(procs, standin)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -94,23 +83,24 @@ def idle_memory(args, binary, bouncer_bin, info, flags, workdir):
     """(b): each on a fresh process, one after the other; autocommit, else each client would
     hold its server connection."""
     print(f"\n(b) {args.idle} idle clients on a fresh process (pool size {args.servers})", flush=True)
-    starts = {
-        "proxy": (lambda: pc.start_proxy(binary, info, flags), info["iam_user"]),
-        "pgbouncer": (lambda: pc.start_pgbouncer(bouncer_bin, info, os.path.join(workdir, "idle"), args.servers,
-                                                 args.idle + 100, mode="transaction"), info["plain_user"]),
-    }
     per = {}
-    for name, (start, user) in starts.items():
+    for name, start, user in [
+        ("proxy-transaction", lambda: pc.start_proxy(binary, info, flags), info["iam_user"]),
+        ("pgbouncer", lambda: pc.start_pgbouncer(bouncer_bin, info, os.path.join(workdir, "idle"), args.servers,
+                                                 args.idle + 100, mode="transaction"), info["plain_user"]),
+    ]:
         proc, port = start()
         try:
             per[name] = pc.idle_memory(name, proc.pid, port, user, args.idle, autocommit=True)
         finally:
-            proc.terminate()
-            proc.wait()
-    total = per["proxy"] * args.idle / 1024
-    print(f"  proxy: {total:.1f} MiB for {args.idle} idle clients "
-          f"({per['proxy'] * 10000 / 1024:.0f} MiB at 10,000 at this rate; target <= 200 MiB); "
-          f"{per['proxy'] / per['pgbouncer']:.2f}x PgBouncer's per-client memory (lower is better)")
+            stop([proc])
+    proxy, bouncer = per["proxy-transaction"], per["pgbouncer"]
+    # A few idle clients may not move PgBouncer's RSS by a page: no ratio then.
+    ratio = (f"{proxy / bouncer:.2f}x PgBouncer's per-client memory (lower is better)" if bouncer > 0
+             else "no ratio to PgBouncer (its RSS did not grow)")
+    print(f"  proxy: {proxy * args.idle / 1024:.1f} MiB for {args.idle} idle clients "
+          f"({proxy * 10000 / 1024:.0f} MiB at 10,000 at this rate; target <= 200 MiB); "
+          f"{ratio}")
 
 
 def prepared_vs_simple(args, proxy):

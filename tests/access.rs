@@ -254,7 +254,7 @@ async fn the_unix_socket_is_owner_only_and_checks_the_peer_uid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quitquitquit_from_another_user_is_forbidden() {
     let si = StandIn::shared();
-    let http = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let http = support::metrics::http_addr();
     let mut spec = ProxySpec::new(si);
     spec.proxy.http_addr = Some(http);
     spec.proxy.quitquitquit = Some(true);

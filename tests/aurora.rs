@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{code, free_port, http, pg, ProxySpec, StandIn};
+use support::metrics::{http_addr, metric, metric_until};
+use support::{code, http, pg, ProxySpec, StandIn};
 
 /// (instance, in recovery) of a session.
 async fn whoami(client: &tokio_postgres::Client) -> Result<(String, bool), tokio_postgres::Error> {
@@ -35,29 +36,6 @@ async fn write_once(proxy: SocketAddr, si: &StandIn, id: i32) -> Result<String, 
         .await
         .map_err(|e| format!("{}: {e}", code(&e)))?;
     Ok(row.get(0))
-}
-
-/// The value of the first metric line starting with `prefix` (0 when absent).
-async fn metric(addr: SocketAddr, prefix: &str) -> f64 {
-    let (_, body) = http(addr, "GET", "/metrics").await;
-    body.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// Polls `prefix` until it reaches `want` (bounded).
-async fn metric_until(addr: SocketAddr, prefix: &str, want: f64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while metric(addr, prefix).await < want {
-        assert!(Instant::now() < deadline, "{prefix} never reached {want}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn http_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

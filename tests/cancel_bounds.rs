@@ -7,7 +7,8 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::{free_port, http, ProxySpec, StandIn};
+use support::metrics::metric_sum;
+use support::{free_port, ProxySpec, StandIn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -82,19 +83,10 @@ fn cancel_packet(key: [u8; 8]) -> Vec<u8> {
     p
 }
 
-/// The sum of the proxy's metric lines that start with `prefix` and contain `with`.
-async fn metric(http_addr: SocketAddr, prefix: &str, with: &str) -> f64 {
-    let (_, body) = http(http_addr, "GET", "/metrics").await;
-    body.lines()
-        .filter(|l| l.starts_with(prefix) && l.contains(with))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Waits until only the held session is open (every cancel connection has finished).
 async fn cancels_finished(http_addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(http_addr, "pg_iam_proxy_client_connections_open{", "").await != 1.0 {
+    while metric_sum(http_addr, "pg_iam_proxy_client_connections_open{", "").await != 1.0 {
         assert!(
             Instant::now() < deadline,
             "cancel connections never finished"
@@ -144,8 +136,8 @@ async fn a_thousand_cancels_with_a_valid_key_open_few_upstream_connections() {
     let sequential_time = started.elapsed();
 
     let cancels = "pg_iam_proxy_cancel_requests_total{";
-    let forwarded = metric(http_addr, cancels, "outcome=\"forwarded\"").await;
-    let coalesced = metric(http_addr, cancels, "outcome=\"coalesced\"").await;
+    let forwarded = metric_sum(http_addr, cancels, "outcome=\"forwarded\"").await;
+    let coalesced = metric_sum(http_addr, cancels, "outcome=\"coalesced\"").await;
     println!(
         "upstream connections for {CANCELS} cancels: concurrent {concurrent} in \
          {concurrent_time:?}, sequential {sequential} in {sequential_time:?}; metrics: \
@@ -233,7 +225,7 @@ async fn a_cancel_to_a_frozen_server_ends_in_bounded_time_and_never_holds_shutdo
     let pending = tokio::spawn(cancel_took(slow.addr, slow_key, Duration::from_secs(20)));
     let deadline = Instant::now() + Duration::from_secs(20);
     let open = "pg_iam_proxy_client_connections_open{";
-    while metric(http_addr, open, "").await < 2.0 {
+    while metric_sum(http_addr, open, "").await < 2.0 {
         assert!(
             Instant::now() < deadline,
             "the cancel never reached the proxy"

@@ -3,14 +3,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
+use support::running::{Running, BIN};
 use support::{pg, run_joined, StandIn};
-
-const BIN: &str = env!("CARGO_BIN_EXE_pg-iam-proxy");
 
 /// psql straight to the stand-in over verify-full TLS with `password`.
 fn direct_login(si: &StandIn, user: &str, password: &str) -> (bool, String) {
@@ -111,86 +107,6 @@ fn token_with_assume_role_is_signed_with_the_role_credentials() {
     assert!(ok, "the server accepts the role's token: {text}");
 }
 
-/// The proxy binary, with its stderr lines collected.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn start(si: &StandIn, extra: &[&str]) -> Running {
-        Self::start_on(si, "127.0.0.1:0", extra)
-    }
-
-    fn start_on(si: &StandIn, listen: &str, extra: &[&str]) -> Running {
-        let mut child = Command::new(BIN)
-            .args(["run", "--listen", listen, "--host", "localhost", "--port"])
-            .arg(si.info.port.to_string())
-            .arg("--ca-file")
-            .arg(&si.info.ca_file)
-            .args(["--log-format", "json"])
-            .args(extra)
-            .envs(si.aws_env())
-            .env("PG_IAM_PROXY_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start proxy");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Running {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a log line containing `needle`; returns it.
-    fn wait_for(&mut self, needle: &str) -> String {
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| panic!("no log line with {needle:?}: {:#?}", self.seen));
-            self.seen.push(line.clone());
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    }
-
-    fn addr(&mut self) -> std::net::SocketAddr {
-        let line = self.wait_for("\"listening\"");
-        let v: serde_json::Value = serde_json::from_str(&line).expect("json log");
-        v["fields"]["listen"]
-            .as_str()
-            .expect("listen field")
-            .parse()
-            .expect("addr")
-    }
-
-    fn rest(mut self) -> (std::process::ExitStatus, Vec<String>) {
-        let status = self.child.wait().expect("wait");
-        self.seen.extend(self.lines.iter());
-        (status, self.seen)
-    }
-}
-
-fn sigterm(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_open_sessions_and_logs_no_secrets() {
     let si = StandIn::shared();
@@ -206,7 +122,7 @@ async fn sigterm_drains_open_sessions_and_logs_no_secrets() {
             .await
             .map(|_| client)
     });
-    sigterm(&proxy.child);
+    proxy.signal(libc::SIGTERM);
     proxy.wait_for("SIGTERM");
     // ...new connections are refused at once...
     let refused = pg(addr, &si.info.iam_user, &si.info.database).await;
@@ -243,7 +159,7 @@ async fn sessions_still_open_after_the_drain_are_cut_with_exit_code_1() {
         .await
         .expect("connect");
     client.simple_query("select 1").await.expect("query");
-    sigterm(&proxy.child);
+    proxy.signal(libc::SIGTERM);
     let (status, lines) = proxy.rest();
     assert_eq!(status.code(), Some(1), "{lines:#?}");
     assert!(lines.iter().any(|l| l.contains("cutting open sessions")));
@@ -303,6 +219,6 @@ async fn a_network_listener_needs_allow_remote_clients_tls_and_client_auth() {
     .expect("connect");
     client.simple_query("select 1").await.expect("query");
     drop(client);
-    sigterm(&proxy.child);
+    proxy.signal(libc::SIGTERM);
     assert_eq!(proxy.rest().0.code(), Some(0));
 }

@@ -11,7 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use support::running::Running;
-use support::{code, free_port, http, message, pg, StandIn};
+use support::{code, http, message, pg, StandIn};
 
 const SOFT: u64 = 64;
 const HARD: u64 = 128;
@@ -94,7 +94,7 @@ async fn refused(pid: i32, addr: SocketAddr, si: &StandIn) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_clients_are_told_53000_and_the_proxy_recovers() {
     let si = StandIn::shared();
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = support::metrics::http_addr();
     let mut proxy = start(si, admin);
     proxy.wait_for("file descriptor limit raised to the hard limit");
     let addr = proxy.addr();

@@ -6,6 +6,8 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use support::metrics::{http_addr, metric_becomes};
+use support::wire::error_field;
 use support::{pg, startup, ProxySpec, StandIn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -35,17 +37,7 @@ async fn read_frames(s: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
 
 /// The SQLSTATE and message of an ErrorResponse body.
 fn error_fields(body: &[u8]) -> (String, String) {
-    let mut code = String::new();
-    let mut msg = String::new();
-    for field in body.split(|b| *b == 0).filter(|f| !f.is_empty()) {
-        let text = String::from_utf8_lossy(&field[1..]).into_owned();
-        match field[0] {
-            b'C' => code = text,
-            b'M' => msg = text,
-            _ => {}
-        }
-    }
-    (code, msg)
+    (error_field(body, b'C'), error_field(body, b'M'))
 }
 
 fn assert_error(frames: &[(u8, Vec<u8>)], want_code: &str, want_text: &str) {
@@ -222,25 +214,11 @@ async fn closed_by_proxy(s: &mut TcpStream) -> bool {
         .is_ok()
 }
 
-/// Polls a metric (by its exact series text) until it has `want`, bounded.
-async fn metric_becomes(admin: SocketAddr, series: &str, want: &str) {
-    let line = format!("{series} {want}");
-    for _ in 0..200 {
-        let (_, body) = support::http(admin, "GET", "/metrics").await;
-        if body.lines().any(|l| l == line) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let (_, body) = support::http(admin, "GET", "/metrics").await;
-    panic!("{line} never showed up:\n{body}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_are_bounded_queued_in_order_and_abandoned_with_their_client() {
     let si = StandIn::shared();
     let (port, mut accepted) = silent_server().await;
-    let admin = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let admin = http_addr();
     let mut spec = ProxySpec::new(si);
     spec.target.host = Some("127.0.0.1".into());
     spec.target.port = Some(port);

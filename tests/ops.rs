@@ -8,13 +8,9 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use support::metrics::http_addr;
+use support::running::BIN;
 use support::{code, free_port, http, http_until, message, pg, run_joined, ProxySpec, StandIn};
-
-const BIN: &str = env!("CARGO_BIN_EXE_pg-iam-proxy");
-
-fn http_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_limit_and_metrics() {

@@ -7,11 +7,13 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use support::pg::{admin, backend_gone, connect, one, pid};
+use support::wire::until_ready;
 use support::{code, message, pg, ProxySpec, StandIn};
 use tokio::io::AsyncWriteExt;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
 /// A proxy in session mode with one server connection per pool, so every client that gets a
 /// reused connection gets the same backend.
@@ -21,55 +23,6 @@ async fn pooled(si: &StandIn, tune: impl FnOnce(&mut ProxySpec)) -> support::Pro
     spec.target.pool_size = Some(1);
     tune(&mut spec);
     spec.start().await
-}
-
-async fn connect(si: &StandIn, addr: SocketAddr) -> Client {
-    pg(addr, &si.info.iam_user, &si.info.database)
-        .await
-        .expect("connect through the proxy")
-        .0
-}
-
-/// The first column of the first row of `sql`.
-async fn one(client: &Client, sql: &str) -> String {
-    client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .into_iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql}: no row"))
-}
-
-async fn pid(client: &Client) -> String {
-    one(client, "SELECT pg_backend_pid()").await
-}
-
-/// A superuser session straight to the stand-in (not through the proxy).
-async fn admin(si: &StandIn) -> Client {
-    let i = &si.info;
-    let direct = format!(
-        "host=127.0.0.1 port={} user={} password={} dbname={} sslmode=disable",
-        i.port, i.master_user, i.master_password, i.database
-    );
-    let (client, conn) = tokio_postgres::connect(&direct, tokio_postgres::NoTls)
-        .await
-        .expect("admin");
-    tokio::spawn(conn);
-    client
-}
-
-/// Waits (bounded) until backend `pid` is gone from the server.
-async fn backend_gone(admin: &Client, pid: &str) {
-    let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while one(admin, &sql).await != "0" {
-        assert!(Instant::now() < deadline, "backend {pid} still open");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,15 +337,7 @@ async fn raw_session_pid(si: &StandIn, addr: SocketAddr) -> i32 {
         &[("user", &si.info.iam_user), ("database", &si.info.database)],
     );
     raw.write_all(&packet).await.expect("startup");
-    let mut seen = Vec::new();
-    while !seen.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
-        let mut buf = [0u8; 4096];
-        let n = tokio::io::AsyncReadExt::read(&mut raw, &mut buf)
-            .await
-            .expect("greeting");
-        assert!(n > 0, "closed before ReadyForQuery");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    let seen = until_ready(&mut raw).await;
     raw.write_all(&[b'X', 0, 0, 0, 4]).await.expect("terminate");
     let k = seen
         .windows(5)

@@ -12,37 +12,11 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{pg, ProxySpec, StandIn};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-async fn txn_proxy(si: &StandIn, size: usize) -> support::Proxy {
-    txn_proxy_http(si, size, None).await
-}
-
-async fn txn_proxy_http(si: &StandIn, size: usize, http: Option<SocketAddr>) -> support::Proxy {
-    let mut spec = ProxySpec::new(si);
-    spec.target.pool_mode = Some(pg_iam_proxy::config::PoolMode::Transaction);
-    spec.target.pool_size = Some(size);
-    spec.proxy.http_addr = http;
-    spec.start().await
-}
-
-/// The proxy's `pool_prepared_statements_reprepared_total`.
-async fn reprepared(http: SocketAddr) -> f64 {
-    let (_, body) = support::http(http, "GET", "/metrics").await;
-    body.lines()
-        .filter(|l| l.starts_with("pg_iam_proxy_pool_prepared_statements_reprepared_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
+use support::metrics::{http_addr, metric_sum_until};
+use support::pools::{txn_proxy, txn_proxy_http};
+use support::wire::{error_field, frames_until, message, query, raw_client};
+use support::{pg, StandIn};
+use tokio::io::AsyncWriteExt;
 
 fn parse(name: &str, sql: &str) -> Vec<u8> {
     message(
@@ -65,32 +39,6 @@ fn close(name: &str) -> Vec<u8> {
     m
 }
 
-async fn raw_client(si: &StandIn, addr: SocketAddr) -> TcpStream {
-    let mut raw = TcpStream::connect(addr).await.expect("raw");
-    let i = &si.info;
-    let startup = support::startup(3, 0, &[("user", &i.iam_user), ("database", &i.database)]);
-    raw.write_all(&startup).await.expect("startup");
-    replies(&mut raw).await;
-    raw
-}
-
-/// The messages (type, body) up to and including ReadyForQuery.
-async fn replies(raw: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
-    let mut out = Vec::new();
-    loop {
-        let mut header = [0u8; 5];
-        let read = tokio::time::timeout(Duration::from_secs(10), raw.read_exact(&mut header));
-        read.await.expect("an answer in time").expect("header");
-        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-        let mut body = vec![0u8; len - 4];
-        raw.read_exact(&mut body).await.expect("body");
-        out.push((header[0], body));
-        if header[0] == b'Z' {
-            return out;
-        }
-    }
-}
-
 /// The message types of `replies`, and the first column of the first DataRow.
 fn summary(replies: &[(u8, Vec<u8>)]) -> (String, Option<String>) {
     let tags = replies.iter().map(|(t, _)| *t as char).collect();
@@ -104,25 +52,19 @@ fn summary(replies: &[(u8, Vec<u8>)]) -> (String, Option<String>) {
 /// The SQLSTATE of the ErrorResponse among `replies`.
 fn sqlstate(replies: &[(u8, Vec<u8>)]) -> Option<String> {
     let (_, body) = replies.iter().find(|(t, _)| *t == b'E')?;
-    let fields = body.split(|b| *b == 0);
-    fields
-        .filter_map(|f| f.strip_prefix(b"C"))
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .next()
+    Some(error_field(body, b'C'))
 }
 
 /// Field `code` of the ErrorResponse among `replies`.
 fn field(replies: &[(u8, Vec<u8>)], code: u8) -> Option<String> {
     let (_, body) = replies.iter().find(|(t, _)| *t == b'E')?;
-    body.split(|b| *b == 0)
-        .find_map(|f| f.strip_prefix(&[code][..]))
-        .map(|c| String::from_utf8_lossy(c).into_owned())
+    Some(error_field(body, code))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clients_share_statement_names_with_different_texts() {
     let si = StandIn::shared();
-    let http = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let http = http_addr();
     let proxy = txn_proxy_http(si, 2, Some(http)).await;
     let mut tasks = Vec::new();
     for i in 0..10 {
@@ -136,7 +78,7 @@ async fn many_clients_share_statement_names_with_different_texts() {
             first.extend(parse("other", &format!("SELECT 'o{i}'")));
             first.extend(run("st"));
             raw.write_all(&first).await.expect("send");
-            let (tags, value) = summary(&replies(&mut raw).await);
+            let (tags, value) = summary(&frames_until(&mut raw, b"Z").await);
             assert_eq!(tags, "112DCZ", "client {i}");
             let mut backends = std::collections::HashSet::new();
             backends.insert(value.clone());
@@ -144,7 +86,7 @@ async fn many_clients_share_statement_names_with_different_texts() {
             for round in 0..20 {
                 let name = if round % 3 == 0 { "other" } else { "st" };
                 raw.write_all(&run(name)).await.expect("send");
-                let (tags, value) = summary(&replies(&mut raw).await);
+                let (tags, value) = summary(&frames_until(&mut raw, b"Z").await);
                 assert_eq!(tags, "2DCZ", "client {i} round {round}");
                 let value = value.expect("a row");
                 if name == "other" {
@@ -164,14 +106,8 @@ async fn many_clients_share_statement_names_with_different_texts() {
     }
     assert!(moved > 0, "no client ever changed backends");
     // Counted once a transaction's splice ends, just after the client's ReadyForQuery.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while reprepared(http).await < 1.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no statement re-prepared counted"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let reprepared = ("pg_iam_proxy_pool_prepared_statements_reprepared_total", "");
+    metric_sum_until(http, reprepared, 1.0, Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,7 +141,7 @@ async fn another_client(si: &'static StandIn, addr: SocketAddr) {
         let mut m = parse("st", "SELECT 'other'");
         m.extend(run("st"));
         raw.write_all(&m).await.expect("send");
-        summary(&replies(&mut raw).await)
+        summary(&frames_until(&mut raw, b"Z").await)
     };
     let got = tokio::time::timeout(Duration::from_secs(10), other).await;
     let got = got.expect("another client served: the first is not pinned");
@@ -220,18 +156,18 @@ async fn a_parse_error_leaves_no_statement() {
     let mut bad = parse("bad", "SELEC 1");
     bad.extend(run("bad"));
     raw.write_all(&bad).await.expect("send");
-    let answer = replies(&mut raw).await;
+    let answer = frames_until(&mut raw, b"Z").await;
     assert_eq!(summary(&answer).0, "EZ");
     assert_eq!(sqlstate(&answer).as_deref(), Some("42601"));
     another_client(si, proxy.addr).await;
     raw.write_all(&run("bad")).await.expect("send");
-    let answer = replies(&mut raw).await;
+    let answer = frames_until(&mut raw, b"Z").await;
     assert_eq!(sqlstate(&answer).as_deref(), Some("26000"), "no statement");
     // The name is free for a good statement.
     let mut good = parse("bad", "SELECT 'good'");
     good.extend(run("bad"));
     raw.write_all(&good).await.expect("send");
-    let answer = replies(&mut raw).await;
+    let answer = frames_until(&mut raw, b"Z").await;
     assert_eq!(summary(&answer), ("12DCZ".into(), Some("good".into())));
 }
 
@@ -243,12 +179,15 @@ async fn close_then_parse_again_with_a_new_text() {
     let mut first = parse("st", "SELECT 'one'");
     first.extend(run("st"));
     raw.write_all(&first).await.expect("send");
-    assert_eq!(summary(&replies(&mut raw).await).1.as_deref(), Some("one"));
+    assert_eq!(
+        summary(&frames_until(&mut raw, b"Z").await).1.as_deref(),
+        Some("one")
+    );
     another_client(si, proxy.addr).await;
     let mut again = parse("st", "SELECT 'dup'");
     again.extend(message(b'S', b""));
     raw.write_all(&again).await.expect("send");
-    let answer = replies(&mut raw).await;
+    let answer = frames_until(&mut raw, b"Z").await;
     assert_eq!(
         sqlstate(&answer).as_deref(),
         Some("42P05"),
@@ -260,23 +199,23 @@ async fn close_then_parse_again_with_a_new_text() {
         "the client's name, as a direct connection says it"
     );
     raw.write_all(&close("st")).await.expect("send");
-    assert_eq!(summary(&replies(&mut raw).await).0, "3Z");
+    assert_eq!(summary(&frames_until(&mut raw, b"Z").await).0, "3Z");
     another_client(si, proxy.addr).await;
     raw.write_all(&run("st")).await.expect("send");
-    let answer = replies(&mut raw).await;
+    let answer = frames_until(&mut raw, b"Z").await;
     assert_eq!(sqlstate(&answer).as_deref(), Some("26000"), "closed");
     let mut second = parse("st", "SELECT 'two'");
     second.extend(run("st"));
     raw.write_all(&second).await.expect("send");
-    let answer = replies(&mut raw).await;
+    let answer = frames_until(&mut raw, b"Z").await;
     assert_eq!(summary(&answer), ("12DCZ".into(), Some("two".into())));
     // Re-prepared text the server connection already has: ParseComplete from the proxy.
     raw.write_all(&close("st")).await.expect("send");
-    replies(&mut raw).await;
+    frames_until(&mut raw, b"Z").await;
     let mut third = parse("st", "SELECT 'two'");
     third.extend(run("st"));
     raw.write_all(&third).await.expect("send");
-    let answer = replies(&mut raw).await;
+    let answer = frames_until(&mut raw, b"Z").await;
     assert_eq!(summary(&answer), ("12DCZ".into(), Some("two".into())));
 }
 
@@ -341,11 +280,6 @@ async fn named_statements_work_on_after_a_pin() {
     assert_eq!(z, 9);
 }
 
-/// A simple-protocol Query.
-fn query(sql: &str) -> Vec<u8> {
-    message(b'Q', &[sql.as_bytes(), b"\0"].concat())
-}
-
 /// The tag of the first CommandComplete among `replies`.
 fn command_tag(replies: &[(u8, Vec<u8>)]) -> Option<String> {
     let (_, body) = replies.iter().find(|(t, _)| *t == b'C')?;
@@ -363,9 +297,9 @@ async fn pinned(http: SocketAddr) -> f64 {
 }
 
 /// `sql` through `raw`: its replies up to ReadyForQuery, within 10 s.
-async fn exchange(raw: &mut TcpStream, sql: &[u8]) -> Vec<(u8, Vec<u8>)> {
+async fn exchange(raw: &mut tokio::net::TcpStream, sql: &[u8]) -> Vec<(u8, Vec<u8>)> {
     raw.write_all(sql).await.expect("send");
-    replies(raw).await
+    frames_until(raw, b"Z").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,7 +337,7 @@ async fn deallocate_all_and_discard_all_forget_every_statement_without_pinning()
         let both = [sent, run("st")].concat();
         let answer = exchange(&mut a, &both).await;
         assert_eq!(command_tag(&answer).as_deref(), Some(reset));
-        let answer = replies(&mut a).await;
+        let answer = frames_until(&mut a, b"Z").await;
         assert_eq!(sqlstate(&answer).as_deref(), Some("26000"), "{reset}: gone");
         // As on its own backend, the name is free again.
         let again = [parse("st", "SELECT 'a2'"), run("st")].concat();

@@ -7,8 +7,9 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use support::wire::{error_field, frames_until};
 use support::{ProxySpec, StandIn};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// A startup packet for protocol 3.`minor` with `params` in order.
@@ -20,38 +21,7 @@ fn startup(minor: u16, params: &[(&str, &str)]) -> Vec<u8> {
 async fn frames(addr: SocketAddr, packet: &[u8], stop: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(packet).await.expect("write");
-    let read = async {
-        let mut out = Vec::new();
-        loop {
-            let Ok(tag) = s.read_u8().await else {
-                return out;
-            };
-            let len = s.read_u32().await.expect("length") as usize;
-            let mut body = vec![0; len - 4];
-            s.read_exact(&mut body).await.expect("body");
-            out.push((tag, body));
-            if stop.contains(&tag) {
-                return out;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .expect("an answer within 10 s")
-}
-
-fn sqlstate(body: &[u8]) -> String {
-    body.split(|b| *b == 0)
-        .find(|f| f.first() == Some(&b'C'))
-        .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
-        .unwrap_or_default()
-}
-
-fn message(body: &[u8]) -> String {
-    body.split(|b| *b == 0)
-        .find(|f| f.first() == Some(&b'M'))
-        .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
-        .unwrap_or_default()
+    frames_until(&mut s, stop).await
 }
 
 fn direct(si: &StandIn) -> SocketAddr {
@@ -97,9 +67,12 @@ async fn negotiate_protocol_version_is_byte_for_byte_what_postgres_sends() {
     let ours = frames(proxy.addr, &packet, b"").await;
     assert_eq!(ours.len(), 2, "{ours:?}");
     assert_eq!(ours[0], theirs[0]);
-    assert_eq!((ours[1].0, sqlstate(&ours[1].1)), (b'E', "28000".into()));
     assert_eq!(
-        (theirs[1].0, sqlstate(&theirs[1].1)),
+        (ours[1].0, error_field(&ours[1].1, b'C')),
+        (b'E', "28000".into())
+    );
+    assert_eq!(
+        (theirs[1].0, error_field(&theirs[1].1, b'C')),
         (b'E', "28000".into())
     );
 }
@@ -138,8 +111,9 @@ async fn startup_packets_near_the_postgres_limit_work_as_directly() {
         let packet = packet_of_length(total, &[("user", iam)]);
         let ours = frames(proxy.addr, &packet, b"ZE").await;
         assert_eq!(tags(&ours), b"E", "{total}: {ours:?}");
-        assert_eq!(sqlstate(&ours[0].1), "3D000", "{}", message(&ours[0].1));
-        assert!(message(&ours[0].1).contains(iam), "{}", message(&ours[0].1));
+        let msg = error_field(&ours[0].1, b'M');
+        assert_eq!(error_field(&ours[0].1, b'C'), "3D000", "{msg}");
+        assert!(msg.contains(iam), "{msg}");
     }
     // One byte more: PostgreSQL hangs up without a word; the proxy says why at once.
     let theirs = frames(
@@ -151,7 +125,7 @@ async fn startup_packets_near_the_postgres_limit_work_as_directly() {
     assert!(theirs.is_empty(), "{theirs:?}");
     let ours = frames(proxy.addr, &packet_of_length(10_005, &[("user", iam)]), b"").await;
     assert_eq!(tags(&ours), b"E");
-    assert_eq!(sqlstate(&ours[0].1), "08P01");
+    assert_eq!(error_field(&ours[0].1, b'C'), "08P01");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,8 +147,8 @@ async fn a_longer_db_user_fits_or_fails_at_once_with_the_overrun() {
     let started = std::time::Instant::now();
     let ours = frames(proxy.addr, &over, b"ZE").await;
     assert_eq!(tags(&ours), b"E");
-    assert_eq!(sqlstate(&ours[0].1), "08P01");
-    let text = message(&ours[0].1);
+    assert_eq!(error_field(&ours[0].1, b'C'), "08P01");
+    let text = error_field(&ours[0].1, b'M');
     assert!(
         text.contains("rebuilt") && text.contains(&format!("{grow} over")),
         "{text}"

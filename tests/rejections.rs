@@ -4,14 +4,8 @@
 mod support;
 
 use aws_credential_types::Credentials;
-use support::{code, message, pg, ProxySpec, StandIn};
-
-fn must_fail<T>(result: Result<T, tokio_postgres::Error>) -> tokio_postgres::Error {
-    match result {
-        Ok(_) => panic!("the login must fail"),
-        Err(e) => e,
-    }
-}
+use support::clock::ShiftedClock;
+use support::{code, message, must_fail, pg, ProxySpec, StandIn};
 
 async fn refusal(spec: ProxySpec, user: &str, db: &str) -> (String, String) {
     let proxy = spec.start().await;
@@ -157,27 +151,11 @@ async fn a_failing_assume_role_is_named_in_the_error() {
     assert_eq!(code(&again), "28000");
 }
 
-/// Wall-clock time shifted by an adjustable offset (seconds).
-#[derive(Debug, Default)]
-struct ShiftedClock(std::sync::atomic::AtomicI64);
-
-impl pg_iam_proxy::iam::Clock for ShiftedClock {
-    fn now(&self) -> std::time::SystemTime {
-        let offset = self.0.load(std::sync::atomic::Ordering::SeqCst);
-        let now = std::time::SystemTime::now();
-        if offset < 0 {
-            now - std::time::Duration::from_secs(offset.unsigned_abs())
-        } else {
-            now + std::time::Duration::from_secs(offset as u64)
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_cached_token_is_replaced_and_the_login_retried_once() {
     let si = StandIn::start(false);
     let clock = std::sync::Arc::new(ShiftedClock::default());
-    clock.0.store(-600, std::sync::atomic::Ordering::SeqCst);
+    clock.set(-600);
     let mut spec = ProxySpec::new(&si);
     spec.clock = clock.clone();
     let proxy = spec.start().await;
@@ -186,7 +164,7 @@ async fn a_refused_cached_token_is_replaced_and_the_login_retried_once() {
         .await
         .expect("first");
     first.simple_query("select 1").await.expect("query");
-    clock.0.store(0, std::sync::atomic::Ordering::SeqCst);
+    clock.set(0);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("time")

@@ -4,9 +4,8 @@ mod support;
 
 use std::process::{Command, Stdio};
 
+use support::running::BIN;
 use support::{free_port, pg, run_joined, ProxySpec, StandIn};
-
-const BIN: &str = env!("CARGO_BIN_EXE_pg-iam-proxy");
 
 fn db_user(si: &StandIn, user: &str, extra: &[&str]) -> (bool, String) {
     run_joined(

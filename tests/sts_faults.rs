@@ -6,11 +6,11 @@
 mod support;
 
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use pg_iam_proxy::iam::RoleSpec;
+use support::clock::ShiftedClock;
 use support::fault::{FaultProxy, Mode};
 use support::{code, message, pg, Proxy, ProxySpec, StandIn};
 
@@ -90,24 +90,9 @@ async fn a_hanging_sts_fails_cold_logins_clearly_and_the_proxy_recovers_by_itsel
     eprintln!("recovered {:?} after STS answered again", back.elapsed());
 }
 
-/// Wall-clock time shifted by an adjustable number of seconds.
-#[derive(Debug, Default)]
-struct ShiftedClock(AtomicI64);
-
-impl pg_iam_proxy::iam::Clock for ShiftedClock {
-    fn now(&self) -> SystemTime {
-        let shift = self.0.load(Ordering::SeqCst);
-        let now = SystemTime::now();
-        match shift < 0 {
-            true => now - Duration::from_secs(shift.unsigned_abs()),
-            false => now + Duration::from_secs(shift as u64),
-        }
-    }
-}
-
 /// Moves the proxy's clock and the stand-in's verifier together to `shift` seconds ahead.
 fn shift_time(si: &StandIn, clock: &ShiftedClock, shift: i64) {
-    clock.0.store(shift, Ordering::SeqCst);
+    clock.set(shift);
     si.control(serde_json::json!({ "skew_seconds": shift }));
 }
 

@@ -8,16 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::fault::{FaultProxy, Mode};
-use support::{free_port, http, pg, ProxySpec, StandIn};
-
-const BIN: &str = env!("CARGO_BIN_EXE_pg-iam-proxy");
-
-fn must_fail<T>(result: Result<T, tokio_postgres::Error>) -> tokio_postgres::Error {
-    match result {
-        Ok(_) => panic!("the login must fail"),
-        Err(e) => e,
-    }
-}
+use support::running::BIN;
+use support::{free_port, http, must_fail, pg, ProxySpec, StandIn};
 
 fn rss_kib(child: &Child) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).expect("status");

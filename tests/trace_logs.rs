@@ -5,9 +5,9 @@ mod support;
 
 use std::process::{Command, Stdio};
 
+use support::running::{Running, BIN};
 use support::{pg, StandIn};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pg-iam-proxy");
 const ROLE: &str = "arn:aws:iam::123456789012:role/rdsa-iam-dbuser-role";
 
 /// Fails when `stderr` holds anything secret: the stand-in's secret key, STS's answer with
@@ -117,62 +117,16 @@ fn token_and_check_at_trace_log_no_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_at_trace_logs_no_secret() {
     let si = StandIn::start(true);
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--host",
-        "localhost",
-        "--port",
-    ])
-    .arg(si.info.port.to_string())
-    .arg("--ca-file")
-    .arg(&si.info.ca_file)
-    .args(["--role-arn", ROLE, "--log-format", "json"]);
+    let mut cmd = Running::command(&si, &["--role-arn", ROLE]);
     with_role(&mut cmd, &si);
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start proxy");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, lines) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let mut seen = Vec::new();
-    let addr: std::net::SocketAddr = loop {
-        let line = lines
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no listening line: {seen:#?}"));
-        seen.push(line.clone());
-        if line.contains("\"listening\"") {
-            let v: serde_json::Value = serde_json::from_str(&line).expect("json");
-            break v["fields"]["listen"]
-                .as_str()
-                .expect("listen")
-                .parse()
-                .expect("addr");
-        }
-    };
+    let mut proxy = Running::spawn(cmd);
+    let addr = proxy.addr();
     let (client, _conn) = pg(addr, &si.info.iam_user, &si.info.database)
         .await
         .expect("login through the proxy with the role's token");
     client.simple_query("select 1").await.expect("query");
     drop(client);
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
-    child.wait().expect("wait");
-    seen.extend(lines.iter());
+    proxy.signal(libc::SIGTERM);
+    let (_, seen) = proxy.rest();
     assert_no_secrets(&si, "run", &seen.join("\n"), &[]);
 }

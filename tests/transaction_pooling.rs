@@ -10,71 +10,24 @@ mod support;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{pg, ProxySpec, StandIn};
+use support::metrics::{http_addr, metric, metric_becomes, metric_sum_until};
+use support::pg::{admin, backend_gone, connect, one, pid, until_one};
+use support::pools::{txn_proxy, txn_proxy_http};
+use support::wire::{frames_until, message, query, raw_client, until_ready};
+use support::StandIn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_postgres::{Client, SimpleQueryMessage};
-
-async fn txn_proxy(si: &StandIn, size: usize) -> support::Proxy {
-    txn_proxy_http(si, size, None).await
-}
-
-async fn txn_proxy_http(si: &StandIn, size: usize, http: Option<SocketAddr>) -> support::Proxy {
-    let mut spec = ProxySpec::new(si);
-    spec.target.pool_mode = Some(pg_iam_proxy::config::PoolMode::Transaction);
-    spec.target.pool_size = Some(size);
-    spec.proxy.http_addr = http;
-    spec.start().await
-}
+use tokio_postgres::Client;
 
 /// Waits (bounded) until the proxy's `pool_pinned_clients_total` for `reason` is at least
 /// `want`.
 async fn pinned_count(http: SocketAddr, reason: &str, want: f64) {
-    let label = format!("reason=\"{reason}\"");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = support::http(http, "GET", "/metrics").await;
-        let seen: f64 = body
-            .lines()
-            .filter(|l| {
-                l.starts_with("pg_iam_proxy_pool_pinned_clients_total") && l.contains(&label)
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        if seen >= want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{reason}: {seen} pinned clients counted, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn connect(si: &StandIn, addr: SocketAddr) -> Client {
-    pg(addr, &si.info.iam_user, &si.info.database)
-        .await
-        .expect("connect through the proxy")
-        .0
-}
-
-async fn one(client: &Client, sql: &str) -> String {
-    client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .into_iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql}: no row"))
-}
-
-async fn pid(client: &Client) -> String {
-    one(client, "SELECT pg_backend_pid()").await
+    let series = (
+        "pg_iam_proxy_pool_pinned_clients_total",
+        &*format!("reason=\"{reason}\""),
+    );
+    metric_sum_until(http, series, want, Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,41 +59,17 @@ async fn many_clients_over_two_connections_are_served() {
         "at most two backends served 20 clients: {pids:?}"
     );
     // The peaks: 20 clients at once, at most 2 server connections, and their ratio.
-    let (_, body) = support::http(http, "GET", "/metrics").await;
-    let clients = metric(&body, "pg_iam_proxy_pool_clients_peak");
-    let servers = metric(&body, "pg_iam_proxy_pool_server_connections_peak");
-    let ratio = metric(
-        &body,
-        "pg_iam_proxy_pool_server_connections_per_client_at_peak",
-    );
-    assert_eq!(clients, 20.0, "{body}");
-    assert!((1.0..=2.0).contains(&servers), "{body}");
-    assert_eq!(ratio, servers / 20.0, "{body}");
+    let series = |name: &str| format!("pg_iam_proxy_{name}{{target=\"localhost\"}}");
+    let clients = metric(http, &series("pool_clients_peak")).await;
+    let servers = metric(http, &series("pool_server_connections_peak")).await;
+    let ratio = series("pool_server_connections_per_client_at_peak");
+    let ratio = metric(http, &ratio).await;
+    assert_eq!(clients, 20.0);
+    assert!((1.0..=2.0).contains(&servers), "{servers}");
+    assert_eq!(ratio, servers / 20.0);
     // The clients are gone: their count goes back to 0 (the peaks stay).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = support::http(http, "GET", "/metrics").await;
-        if metric(&body, "pg_iam_proxy_pool_clients") == 0.0 {
-            assert_eq!(metric(&body, "pg_iam_proxy_pool_clients_peak"), 20.0);
-            break;
-        }
-        assert!(Instant::now() < deadline, "clients still counted: {body}");
-        tokio::time::sleep(Duration::from_millis(10)).await; // polling the proxy, bounded
-    }
-}
-
-/// The value of the one series of `name` in a metrics exposition.
-fn metric(body: &str, name: &str) -> f64 {
-    let values: Vec<f64> = body
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|r| r.starts_with(['{', ' ']))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    assert_eq!(values.len(), 1, "{name} in {body}");
-    values[0]
+    metric_becomes(http, &series("pool_clients"), "0").await;
+    assert_eq!(metric(http, &series("pool_clients_peak")).await, 20.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,7 +115,7 @@ async fn pinned_by(si: &StandIn, addr: SocketAddr, sql: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_pin_reason_pins_and_the_rest_does_not() {
     let si = StandIn::shared();
-    let http = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let http = http_addr();
     let proxy = txn_proxy_http(si, 2, Some(http)).await;
     for sql in [
         "SET search_path = public",
@@ -231,39 +160,19 @@ async fn each_pin_reason_pins_and_the_rest_does_not() {
     // by two clients, which cannot race with the check-in as a pid comparison here would).
 }
 
-/// A superuser session straight to the stand-in (not through the proxy).
-async fn admin(si: &StandIn) -> Client {
-    let i = &si.info;
-    let direct = format!(
-        "host=127.0.0.1 port={} user={} password={} dbname={} sslmode=disable",
-        i.port, i.master_user, i.master_password, i.database
-    );
-    let (client, conn) = tokio_postgres::connect(&direct, tokio_postgres::NoTls)
-        .await
-        .expect("admin");
-    tokio::spawn(conn);
-    client
-}
-
 /// Waits (bounded) until backend `pid` runs a query.
 async fn running(admin: &Client, pid: &str) {
     let sql =
         format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND state = 'active'");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while one(admin, &sql).await != "1" {
-        assert!(
-            Instant::now() < deadline,
-            "backend {pid} never ran the query"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("backend {pid} never ran the query");
+    until_one(admin, &sql, "1", Duration::from_secs(10), &what).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_reaches_the_current_transaction_only() {
     let si = StandIn::shared();
     let admin = admin(si).await;
-    let http = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let http = http_addr();
     let proxy = txn_proxy_http(si, 2, Some(http)).await;
     let (a, b) = (connect(si, proxy.addr).await, connect(si, proxy.addr).await);
     let (a_cancel, b_cancel) = (a.cancel_token(), b.cancel_token());
@@ -298,14 +207,6 @@ async fn cancel_reaches_the_current_transaction_only() {
     assert_eq!(support::code(&e), "57014", "{e}");
 }
 
-/// A raw client's message with `tag` and `body`.
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
-
 /// Parse (unnamed) + Bind + Execute of `sql`.
 fn extended(sql: &str) -> Vec<u8> {
     let mut parse = b"\0".to_vec();
@@ -317,32 +218,11 @@ fn extended(sql: &str) -> Vec<u8> {
     m
 }
 
-/// Reads until ReadyForQuery('I'), returning all bytes.
-async fn until_ready(raw: &mut tokio::net::TcpStream) -> Vec<u8> {
-    let mut seen = Vec::new();
-    while !seen.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
-        let mut buf = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf))
-            .await
-            .expect("an answer in time")
-            .expect("read");
-        assert!(n > 0, "closed before ReadyForQuery");
-        seen.extend_from_slice(&buf[..n]);
-    }
-    seen
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_with_an_error_in_the_middle_gives_the_connection_back() {
     let si = StandIn::shared();
     let proxy = txn_proxy(si, 1).await;
-    let mut raw = tokio::net::TcpStream::connect(proxy.addr)
-        .await
-        .expect("raw");
-    let i = &si.info;
-    let startup = support::startup(3, 0, &[("user", &i.iam_user), ("database", &i.database)]);
-    raw.write_all(&startup).await.expect("startup");
-    until_ready(&mut raw).await;
+    let mut raw = raw_client(si, proxy.addr).await;
     let mut pipeline = extended("SELECT 1");
     pipeline.extend(extended("SELECT 1/0"));
     pipeline.extend(extended("SELECT 3"));
@@ -366,16 +246,6 @@ async fn a_pipeline_with_an_error_in_the_middle_gives_the_connection_back() {
         "SELECT 4 answered: {answer:?}"
     );
     raw.write_all(&message(b'X', b"")).await.expect("terminate");
-}
-
-/// A raw client (startup with user and database only) greeted by the proxy.
-async fn raw_client(si: &StandIn, addr: SocketAddr) -> tokio::net::TcpStream {
-    let mut raw = tokio::net::TcpStream::connect(addr).await.expect("raw");
-    let i = &si.info;
-    let startup = support::startup(3, 0, &[("user", &i.iam_user), ("database", &i.database)]);
-    raw.write_all(&startup).await.expect("startup");
-    until_ready(&mut raw).await;
-    raw
 }
 
 /// Sends `pg_backend_pid()` by the extended protocol with Flush and no Sync, and returns the
@@ -410,12 +280,7 @@ async fn a_client_that_leaves_mid_pipeline_costs_its_connection() {
     let first = unsynced_pid(&mut raw).await;
     drop(raw);
     // Not provably idle: closed, never handed to the next client.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let gone = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {first}");
-    while one(&admin, &gone).await != "0" {
-        assert!(Instant::now() < deadline, "backend {first} kept");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    backend_gone(&admin, &first).await;
     let mut raw = raw_client(si, proxy.addr).await;
     assert_ne!(unsynced_pid(&mut raw).await, first, "a fresh backend");
 }
@@ -441,44 +306,14 @@ async fn psql_works_in_transaction_mode() {
     );
 }
 
-/// Reads until a message starting with `tag` has arrived (COPY's responses end no phase with
-/// ReadyForQuery), returning all bytes.
-async fn until_tag(raw: &mut tokio::net::TcpStream, tag: u8) -> Vec<u8> {
-    let mut seen = Vec::new();
-    loop {
-        let mut at = 0;
-        while at + 5 <= seen.len() {
-            if seen[at] == tag {
-                return seen;
-            }
-            let len = u32::from_be_bytes(seen[at + 1..at + 5].try_into().expect("4 bytes"));
-            at += 1 + len as usize;
-        }
-        let mut buf = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf))
-            .await
-            .unwrap_or_else(|_| panic!("no {} in time after {seen:?}", tag as char))
-            .expect("read");
-        assert!(n > 0, "closed before {}", tag as char);
-        seen.extend_from_slice(&buf[..n]);
-    }
-}
-
-fn query(sql: &str) -> Vec<u8> {
-    message(b'Q', format!("{sql}\0").as_bytes())
-}
-
 /// The first column of the first row `sql` returns, by a raw client's simple query.
 async fn raw_one(raw: &mut tokio::net::TcpStream, sql: &str) -> String {
     raw.write_all(&query(sql)).await.expect("query");
-    let answer = until_ready(raw).await;
-    let mut at = 0;
-    while answer[at] != b'D' {
-        at += 1 + u32::from_be_bytes(answer[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
-    }
-    // DataRow: 'D', length, 1 column, its length, the text.
-    let len = i32::from_be_bytes(answer[at + 7..at + 11].try_into().expect("4 bytes")) as usize;
-    String::from_utf8(answer[at + 11..at + 11 + len].to_vec()).expect("text")
+    let answer = frames_until(raw, b"Z").await;
+    let (_, row) = answer.iter().find(|(t, _)| *t == b'D').expect("a row");
+    // DataRow: 1 column, its length, the text.
+    let len = i32::from_be_bytes(row[2..6].try_into().expect("4 bytes")) as usize;
+    String::from_utf8(row[6..6 + len].to_vec()).expect("text")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -502,7 +337,7 @@ async fn copy_done_aborted_or_left_midway_never_leaves_a_connection_mid_state() 
     raw.write_all(&query(&format!("COPY {table} FROM STDIN")))
         .await
         .expect("copy");
-    until_tag(&mut raw, b'G').await;
+    frames_until(&mut raw, b"G").await;
     raw.write_all(&message(b'd', b"1\n")).await.expect("data");
     raw.write_all(&message(b'f', b"client gave up\0"))
         .await
@@ -515,7 +350,7 @@ async fn copy_done_aborted_or_left_midway_never_leaves_a_connection_mid_state() 
     raw.write_all(&query(&format!("COPY {table} FROM STDIN")))
         .await
         .expect("copy");
-    until_tag(&mut raw, b'G').await;
+    frames_until(&mut raw, b"G").await;
     let mut rows = message(b'd', b"1\n2\n");
     rows.extend(message(b'c', b""));
     raw.write_all(&rows).await.expect("rows");
@@ -540,15 +375,10 @@ async fn copy_done_aborted_or_left_midway_never_leaves_a_connection_mid_state() 
     raw.write_all(&query(&format!("COPY {table} FROM STDIN")))
         .await
         .expect("copy");
-    until_tag(&mut raw, b'G').await;
+    frames_until(&mut raw, b"G").await;
     raw.write_all(&message(b'd', b"3\n")).await.expect("data");
     drop(raw);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let gone = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {first}");
-    while one(&admin, &gone).await != "0" {
-        assert!(Instant::now() < deadline, "backend {first} kept mid-COPY");
-        tokio::time::sleep(Duration::from_millis(20)).await; // polling the server, bounded
-    }
+    backend_gone(&admin, &first).await;
     assert_ne!(raw_one(&mut other, pid).await, first, "a fresh backend");
     assert_eq!(
         raw_one(&mut other, &count).await,

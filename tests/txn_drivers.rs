@@ -19,6 +19,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::pg::admin;
 use support::{repo, ProxySpec, StandIn};
 
 /// What a driver run may take at most.
@@ -176,20 +177,6 @@ async fn asyncpg_pool_release_does_not_pin() {
     let (result, http, _proxy) = python_run("asyncpg_txn.py", &env).await;
     assert_eq!(own_results(&result, "asyncpg pool"), 6);
     unpinned_and_reprepared(http, "asyncpg pool").await;
-}
-
-/// A superuser session straight to the stand-in (not through the proxy).
-async fn admin(si: &StandIn) -> tokio_postgres::Client {
-    let i = &si.info;
-    let direct = format!(
-        "host=127.0.0.1 port={} user={} password={} dbname={} sslmode=disable",
-        i.port, i.master_user, i.master_password, i.database
-    );
-    let (client, conn) = tokio_postgres::connect(&direct, tokio_postgres::NoTls)
-        .await
-        .expect("admin");
-    tokio::spawn(conn);
-    client
 }
 
 /// TxnDriver.java compiled into `dir`.

@@ -1,8 +1,9 @@
 //! Who is on the other end of a client connection. Unix socket: the peer's credentials from
 //! `SO_PEERCRED`. Loopback TCP: the owner of the connecting socket from the kernel's socket
 //! table ([`super::sock_diag`], [`super::proc_net`] as a fallback), by the exact address
-//! pair. Beyond loopback: a remote client. The lookups (netlink, /proc, the user database)
-//! run on a blocking thread under [`IDENTIFY_TIMEOUT`]; failing it, the owner is unknown.
+//! pair. Beyond loopback: a remote client. Netlink and cached user entries are asked on the
+//! task; what may block (/proc, the user database) runs on a blocking thread; all of it under
+//! [`IDENTIFY_TIMEOUT`], failing which the owner is unknown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -169,40 +170,23 @@ impl Lookups {
     }
 }
 
-/// The common case, answered on the calling thread: a sock_diag answer (the kernel replies
-/// within the request's system call) or a Unix peer, and a user entry in the cache. `None`
-/// when the answer needs blocking work: the groups, a user entry to read, `/proc/net/tcp`.
-/// A thread hop costs more than the lookup itself, and it runs on every connect.
-fn identify_quickly(addr: PeerAddr, groups: bool, lookups: &Lookups) -> Option<Client> {
-    if groups {
-        return None;
+/// Identifies the client at `addr` with `lookups` within [`IDENTIFY_TIMEOUT`], with its
+/// groups if `groups`.
+pub async fn identify(addr: PeerAddr, groups: bool, lookups: Arc<Lookups>) -> Identity {
+    let client = tokio::time::timeout(IDENTIFY_TIMEOUT, identify_within(addr, groups, lookups))
+        .await
+        .unwrap_or(Client::Unknown(Unknown::Timeout));
+    Identity {
+        client,
+        addr: addr.to_string(),
     }
-    let uid = match addr {
-        PeerAddr::Unix(Some((uid, _))) => uid,
-        PeerAddr::Unix(None) => return Some(Client::Unknown(Unknown::LookupFailed)),
-        PeerAddr::Tcp { peer, local } => {
-            let (peer, local) = (canonical(peer), canonical(local));
-            if !peer.ip().is_loopback() {
-                return Some(Client::Remote);
-            }
-            match lookups.diag.lookup(peer, local) {
-                Ok(Found::Owner(uid)) => uid,
-                Ok(Found::Absent) => return Some(Client::Unknown(Unknown::NotFound)),
-                Err(_) => return None,
-            }
-        }
-    };
-    let user = lookups.names.cached(uid)?;
-    Some(Client::Local {
-        uid,
-        user,
-        groups: Vec::new(),
-    })
 }
 
-/// Identifies the client at `addr` with `lookups`, with its groups if `groups` (blocking:
-/// run it on a blocking thread).
-pub fn identify_blocking(addr: PeerAddr, groups: bool, lookups: &Lookups) -> Client {
+/// The owner from the Unix peer's credentials or sock_diag (on this task: the kernel answers
+/// within the request's system call), its user entry from the cache. A blocking thread only
+/// for what may block: the groups, a user entry to read, `/proc/net/tcp` when sock_diag
+/// failed (a thread hop costs more than the lookup itself, and it runs on every connect).
+async fn identify_within(addr: PeerAddr, groups: bool, lookups: Arc<Lookups>) -> Client {
     let (uid, cred_gid) = match addr {
         PeerAddr::Unix(Some((uid, gid))) => (uid, Some(gid)),
         PeerAddr::Unix(None) => return Client::Unknown(Unknown::LookupFailed),
@@ -211,12 +195,41 @@ pub fn identify_blocking(addr: PeerAddr, groups: bool, lookups: &Lookups) -> Cli
             if !peer.ip().is_loopback() {
                 return Client::Remote;
             }
-            match tcp_owner(&lookups.diag, peer, local) {
-                Ok(uid) => (uid, None),
-                Err(why) => return Client::Unknown(why),
+            match lookups.diag.lookup(peer, local).await {
+                Ok(Found::Owner(uid)) => (uid, None),
+                Ok(Found::Absent) => return Client::Unknown(Unknown::NotFound),
+                Err(e) => {
+                    tracing::debug!(error = %e, "sock_diag lookup failed; reading /proc/net/tcp");
+                    let from_proc = move |l: &Lookups| match proc_owner(peer, local) {
+                        Ok(uid) => local_client(uid, None, groups, l),
+                        Err(why) => Client::Unknown(why),
+                    };
+                    return on_blocking_thread(lookups, from_proc).await;
+                }
             }
         }
     };
+    if !groups {
+        if let Some(user) = lookups.names.cached(uid) {
+            let groups = Vec::new();
+            return Client::Local { uid, user, groups };
+        }
+    }
+    on_blocking_thread(lookups, move |l| local_client(uid, cred_gid, groups, l)).await
+}
+
+async fn on_blocking_thread(
+    lookups: Arc<Lookups>,
+    work: impl FnOnce(&Lookups) -> Client + Send + 'static,
+) -> Client {
+    tokio::task::spawn_blocking(move || work(&lookups))
+        .await
+        .unwrap_or(Client::Unknown(Unknown::LookupFailed))
+}
+
+/// The local client `uid` with its user entry, and its groups if `groups` (blocking: the
+/// user database).
+fn local_client(uid: u32, cred_gid: Option<u32>, groups: bool, lookups: &Lookups) -> Client {
     let user = lookups.names.user(uid);
     let mut all = Vec::new();
     if groups {
@@ -234,43 +247,17 @@ fn canonical(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
-fn tcp_owner(diag: &SockDiag, peer: SocketAddr, local: SocketAddr) -> Result<u32, Unknown> {
-    let found = match diag.lookup(peer, local) {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::debug!(error = %e, "sock_diag lookup failed; reading /proc/net/tcp");
-            proc_net::lookup(peer, local).map_err(|e| {
-                if crate::fds::is_exhaustion(&e) {
-                    return Unknown::NoDescriptors;
-                }
-                tracing::warn!(error = %e, "cannot read the kernel's TCP socket table");
-                Unknown::LookupFailed
-            })?
+/// The owner from `/proc/net/tcp` (blocking).
+fn proc_owner(peer: SocketAddr, local: SocketAddr) -> Result<u32, Unknown> {
+    let found = proc_net::lookup(peer, local).map_err(|e| {
+        if crate::fds::is_exhaustion(&e) {
+            return Unknown::NoDescriptors;
         }
-    };
+        tracing::warn!(error = %e, "cannot read the kernel's TCP socket table");
+        Unknown::LookupFailed
+    })?;
     match found {
         Found::Owner(uid) => Ok(uid),
         Found::Absent => Err(Unknown::NotFound),
-    }
-}
-
-/// Identifies the client at `addr` with `lookups` within [`IDENTIFY_TIMEOUT`], with its
-/// groups if `groups`.
-pub async fn identify(addr: PeerAddr, groups: bool, lookups: Arc<Lookups>) -> Identity {
-    if let Some(client) = identify_quickly(addr, groups, &lookups) {
-        return Identity {
-            client,
-            addr: addr.to_string(),
-        };
-    }
-    let lookup = tokio::task::spawn_blocking(move || identify_blocking(addr, groups, &lookups));
-    let client = match tokio::time::timeout(IDENTIFY_TIMEOUT, lookup).await {
-        Ok(Ok(client)) => client,
-        Ok(Err(_)) => Client::Unknown(Unknown::LookupFailed),
-        Err(_) => Client::Unknown(Unknown::Timeout),
-    };
-    Identity {
-        client,
-        addr: addr.to_string(),
     }
 }

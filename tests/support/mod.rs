@@ -2,9 +2,14 @@
 //! IAM token checking through PAM) and the proxy, in-process or as the real binary.
 #![allow(dead_code)]
 
+pub mod clock;
 pub mod fault;
 pub mod freeze;
+pub mod metrics;
+pub mod pg;
+pub mod pools;
 pub mod running;
+pub mod wire;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -159,14 +164,8 @@ impl StandIn {
 
     /// Sends a control command (e.g. `{"skew_seconds": 1000}`).
     pub fn control(&self, command: serde_json::Value) {
-        let mut s = std::os::unix::net::UnixStream::connect(&self.info.control_socket)
-            .expect("control socket");
-        writeln!(s, "{command}").expect("send control");
-        let mut reply = String::new();
-        BufReader::new(s)
-            .read_line(&mut reply)
-            .expect("control reply");
-        assert!(reply.contains("true"), "control refused: {reply}");
+        let reply = self.control_reply(command);
+        assert_eq!(reply["ok"], true, "control refused: {reply}");
     }
 
     /// The verifier's decisions so far: (user, ok, reason).
@@ -360,6 +359,14 @@ pub fn psql(host: &str, port: u16, user: &str, db: &str, args: &[&str]) -> (bool
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The error of a login that must fail.
+pub fn must_fail<T>(result: Result<T, tokio_postgres::Error>) -> tokio_postgres::Error {
+    match result {
+        Ok(_) => panic!("the login must fail"),
+        Err(e) => e,
+    }
 }
 
 /// The SQLSTATE of a tokio-postgres error, if the server (or proxy) sent one.

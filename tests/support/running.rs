@@ -23,10 +23,20 @@ impl Running {
         Self::spawn(Self::command(si, extra))
     }
 
+    /// `run` against `si` listening on `listen` with `extra` flags.
+    pub fn start_on(si: &StandIn, listen: &str, extra: &[&str]) -> Running {
+        Self::spawn(Self::command_on(si, listen, extra))
+    }
+
     /// The command [`Running::start`] runs, to adjust before [`Running::spawn`].
     pub fn command(si: &StandIn, extra: &[&str]) -> Command {
+        Self::command_on(si, "127.0.0.1:0", extra)
+    }
+
+    /// The command [`Running::start_on`] runs.
+    pub fn command_on(si: &StandIn, listen: &str, extra: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--listen", "127.0.0.1:0", "--host", "localhost"])
+        cmd.args(["run", "--listen", listen, "--host", "localhost"])
             .arg("--port")
             .arg(si.info.port.to_string())
             .arg("--ca-file")
@@ -109,6 +119,13 @@ impl Running {
             }
             std::thread::sleep(Duration::from_millis(10)); // polling a process, bounded
         }
+    }
+
+    /// Waits (at most a minute) for the exit; the status and every log line.
+    pub fn rest(mut self) -> (ExitStatus, Vec<String>) {
+        let status = self.exit_within(Duration::from_secs(60));
+        self.seen.extend(self.lines.iter());
+        (status, std::mem::take(&mut self.seen))
     }
 
     /// All log lines so far (after exit: all of them).
