@@ -112,6 +112,12 @@ async fn reset_application_name_gives_back_the_name_the_connection_was_opened_fo
         one(&c, "RESET application_name; SHOW application_name").await,
         "orders"
     );
+    drop(c);
+
+    // A client that names no app has none, as on a direct login (not the opener's name).
+    let d = connect(si, proxy.addr).await;
+    assert_eq!(pid(&d).await, first, "the same backend is reused");
+    assert_eq!(one(&d, "SHOW application_name").await, "");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

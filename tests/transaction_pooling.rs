@@ -460,3 +460,18 @@ async fn after_a_pinned_client_is_reset_the_name_is_set_again() {
     let shown = tokio::time::timeout(limit, one(&again, "SHOW application_name")).await;
     assert_eq!(shown.expect("the connection came back"), "second");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_names_no_app_has_none_on_a_connection_opened_for_another() {
+    let si = StandIn::shared();
+    let proxy = txn_proxy(si, 1).await;
+    let named = connect_as(si, proxy.addr, "orders").await;
+    assert_eq!(one(&named, "SHOW application_name").await, "orders");
+    let plain = connect(si, proxy.addr).await;
+    assert_eq!(
+        one(&plain, "SHOW application_name").await,
+        "",
+        "as on a direct login"
+    );
+    assert_eq!(one(&named, "SHOW application_name").await, "orders");
+}

@@ -268,14 +268,22 @@ pub(super) async fn release(mut lent: Checkout<PooledServer>, idle: bool, reset_
 const SET_AFTER_LOGIN: &[&str] = &["application_name"];
 
 /// The pool key (user, database and the startup parameters a login must carry, sorted) and
-/// the parameters to apply on whichever connection the pool lends.
+/// the parameters to apply on whichever connection the pool lends (each of
+/// [`SET_AFTER_LOGIN`], empty when the client sent none).
 pub(super) fn split(user: String, info: &StartupInfo) -> (PoolKey, Vec<(String, String)>) {
-    let (mut startup, settable): (Vec<_>, Vec<_>) = info
+    let (mut startup, mut settable): (Vec<_>, Vec<_>) = info
         .params
         .iter()
         .cloned()
         .partition(|(k, _)| !SET_AFTER_LOGIN.contains(&k.as_str()));
     startup.sort();
+    // A client that sends none has the server's default (''), not the name of whoever the
+    // lent connection was opened for.
+    for name in SET_AFTER_LOGIN {
+        if !settable.iter().any(|(k, _)| k == name) {
+            settable.push(((*name).to_owned(), String::new()));
+        }
+    }
     let key = PoolKey {
         user,
         database: info.database.clone(),
