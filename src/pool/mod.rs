@@ -38,6 +38,7 @@ pub mod traits;
 mod tests;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -138,6 +139,9 @@ pub struct Pools<C: Connector> {
     peaks: Peaks,
     pools: Arc<Map<C::Conn>>,
     stop: CancellationToken,
+    /// Set with `stop`: read on every checkout and check-in, where `stop.is_cancelled()`
+    /// would take the token's lock.
+    stopped: Arc<AtomicBool>,
 }
 
 impl<C: Connector> Pools<C> {
@@ -151,6 +155,7 @@ impl<C: Connector> Pools<C> {
             metrics,
             pools: Arc::default(),
             stop: CancellationToken::new(),
+            stopped: Arc::default(),
         }
     }
 
@@ -162,7 +167,7 @@ impl<C: Connector> Pools<C> {
         key: &PoolKey,
         connector: &C,
     ) -> Result<Checkout<C::Conn>, PoolError<C::Error>> {
-        if self.stop.is_cancelled() {
+        if self.stopped.load(Ordering::Acquire) {
             return Err(PoolError::Closed);
         }
         let core = self.pool_for(key, connector);
@@ -181,6 +186,7 @@ impl<C: Connector> Pools<C> {
             self.settings,
             series,
             self.stop.child_token(),
+            self.stopped.clone(),
             Box::new(move |conn: &C::Conn| judge.is_current(conn)),
         ));
         maintain::spawn(
@@ -226,6 +232,7 @@ impl<C: Connector> Pools<C> {
     /// Stops pooling: waiting clients get [`PoolError::Closed`], idle connections are closed,
     /// checked-out ones are closed when they come back.
     pub fn shutdown(&self) {
+        self.stopped.store(true, Ordering::Release);
         self.stop.cancel();
     }
 }
@@ -242,6 +249,7 @@ impl<C: Connector> std::fmt::Debug for Pools<C> {
 
 impl<C: Connector> Drop for Pools<C> {
     fn drop(&mut self) {
+        self.stopped.store(true, Ordering::Release);
         self.stop.cancel();
     }
 }

@@ -2,7 +2,7 @@
 //! each checked-out or opening connection), and the counts. Every change of the counts
 //! happens under one lock, so idle + active + opening never exceeds `size`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -77,6 +77,8 @@ pub(crate) struct Core<T> {
     pub settings: Settings,
     pub series: PoolSeries,
     pub stop: CancellationToken,
+    /// Set when `stop`'s parent is cancelled, without a lock.
+    stopped: Arc<AtomicBool>,
     pub(super) permits: Arc<Semaphore>,
     pub(super) state: Mutex<State<T>>,
     waiting: AtomicUsize,
@@ -126,6 +128,7 @@ impl<T: Conn> Core<T> {
         settings: Settings,
         series: PoolSeries,
         stop: CancellationToken,
+        stopped: Arc<AtomicBool>,
         current: Current<T>,
     ) -> Self {
         Self {
@@ -135,6 +138,7 @@ impl<T: Conn> Core<T> {
             settings,
             series,
             stop,
+            stopped,
             state: Mutex::new(State {
                 idle: Vec::new(),
                 active: 0,
@@ -215,7 +219,7 @@ impl<T: Conn> Core<T> {
     /// A checked-out connection comes back: onto the idle list, or closed when it is too old
     /// or the pools are shut down. The caller frees the permit afterwards.
     pub fn check_in(&self, entry: Entry<T>, now: Instant) {
-        let reason = if self.stop.is_cancelled() {
+        let reason = if self.stopped.load(Ordering::Acquire) {
             Some(CloseReason::Shutdown)
         } else if expired(&self.settings, entry.created, now) {
             Some(CloseReason::Lifetime)
