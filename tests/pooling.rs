@@ -9,11 +9,10 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::pg::{admin, backend_gone, connect, one, pid};
+use support::pg::{admin, backend_gone, connect, connect_as, one, pid};
 use support::wire::until_ready;
 use support::{code, message, pg, ProxySpec, StandIn};
 use tokio::io::AsyncWriteExt;
-use tokio_postgres::Client;
 
 /// A proxy in session mode with one server connection per pool, so every client that gets a
 /// reused connection gets the same backend.
@@ -67,27 +66,11 @@ async fn a_reused_connection_carries_nothing_from_the_last_client() {
     assert_eq!(one(&b, "SHOW TimeZone").await, timezone);
 }
 
-/// A client naming itself `app` (as libpq's `application_name` does).
-async fn named(si: &StandIn, addr: SocketAddr, app: &str) -> Client {
-    let conn = format!(
-        "host={} port={} user={} dbname={} application_name={app} sslmode=disable",
-        addr.ip(),
-        addr.port(),
-        si.info.iam_user,
-        si.info.database
-    );
-    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-        .await
-        .expect("connect through the proxy");
-    tokio::spawn(connection);
-    client
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_application_name_gives_back_the_name_the_connection_was_opened_for() {
     let si = StandIn::shared();
     let proxy = pooled(si, |_| {}).await;
-    let a = named(si, proxy.addr, "orders").await;
+    let a = connect_as(si, proxy.addr, "orders").await;
     let first = pid(&a).await;
     a.batch_execute("SET application_name = 'changed'")
         .await
@@ -95,7 +78,7 @@ async fn reset_application_name_gives_back_the_name_the_connection_was_opened_fo
     drop(a);
 
     // As on a direct login: RESET returns to the name the client connected with.
-    let b = named(si, proxy.addr, "orders").await;
+    let b = connect_as(si, proxy.addr, "orders").await;
     assert_eq!(pid(&b).await, first, "the same backend is reused");
     assert_eq!(one(&b, "SHOW application_name").await, "orders");
     assert_eq!(
@@ -105,7 +88,7 @@ async fn reset_application_name_gives_back_the_name_the_connection_was_opened_fo
     drop(b);
 
     // Another app on the same connection sees its own name; RESET gives the opener's.
-    let c = named(si, proxy.addr, "billing").await;
+    let c = connect_as(si, proxy.addr, "billing").await;
     assert_eq!(pid(&c).await, first, "the same backend is reused");
     assert_eq!(one(&c, "SHOW application_name").await, "billing");
     assert_eq!(

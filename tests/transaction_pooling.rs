@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::metrics::{http_addr, metric, metric_becomes, metric_sum_until};
-use support::pg::{admin, backend_gone, connect, one, pid, until_one};
+use support::pg::{admin, backend_gone, connect, connect_as, one, pid, until_one};
 use support::pools::{txn_proxy, txn_proxy_http};
 use support::wire::{frames_until, message, query, raw_client, until_ready};
 use support::StandIn;
@@ -33,7 +33,7 @@ async fn pinned_count(http: SocketAddr, reason: &str, want: f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clients_over_two_connections_are_served() {
     let si = StandIn::shared();
-    let http = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let http = http_addr();
     let proxy = txn_proxy_http(si, 2, Some(http)).await;
     let mut clients = Vec::new();
     for _ in 0..20 {
@@ -391,28 +391,10 @@ async fn copy_done_aborted_or_left_midway_never_leaves_a_connection_mid_state() 
         .expect("drop");
 }
 
-/// tokio-postgres through the proxy as `application_name` `app`.
-async fn connect_as(si: &StandIn, addr: SocketAddr, app: &str) -> Client {
-    let i = &si.info;
-    let conn = format!(
-        "host={} port={} user={} dbname={} application_name={app} sslmode=disable \
-         connect_timeout=20",
-        addr.ip(),
-        addr.port(),
-        i.iam_user,
-        i.database
-    );
-    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-        .await
-        .expect("connect through the proxy");
-    tokio::spawn(connection);
-    client
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_does_not_pin_and_the_name_is_set_again() {
     let si = StandIn::shared();
-    let http = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let http = http_addr();
     let proxy = txn_proxy_http(si, 1, Some(http)).await;
     // The pool's one connection is opened for "first": its login's name.
     let first = connect_as(si, proxy.addr, "first").await;

@@ -17,6 +17,24 @@ pub async fn connect(si: &StandIn, addr: SocketAddr) -> Client {
         .0
 }
 
+/// A client through the proxy naming itself `app` (as libpq's `application_name` does).
+pub async fn connect_as(si: &StandIn, addr: SocketAddr, app: &str) -> Client {
+    let i = &si.info;
+    let conn = format!(
+        "host={} port={} user={} dbname={} application_name={app} sslmode=disable \
+         connect_timeout=20",
+        addr.ip(),
+        addr.port(),
+        i.iam_user,
+        i.database
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .expect("connect through the proxy");
+    tokio::spawn(connection);
+    client
+}
+
 /// The first column of the first row of `sql`.
 pub async fn one(client: &Client, sql: &str) -> String {
     client
