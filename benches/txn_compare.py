@@ -7,8 +7,9 @@ stand-in, in one run with interleaved rounds (the start order rotating every rou
                                    [--idle 1000] [--bin target/release/pg-iam-proxy]
 
 Figures: (a) pgbench -n -S (simple protocol) -c CLIENTS -j 2 -T SECONDS through each, both with
-SERVERS server connections; prints the median tps of each and the median of the per-round
-ratios proxy / PgBouncer (target >= 1.0x). Reuses benches/pool_compare.py's helpers (stand-in,
+SERVERS server connections, the proxy twice: with its default runtime (a thread per core) and
+with --worker-threads 1 (PgBouncer's one thread); prints the median tps of each and the median
+of the per-round ratios to PgBouncer (target >= 1.0x). Reuses benches/pool_compare.py's helpers (stand-in,
 PgBouncer, data, pgbench); PgBouncer logs in as the stand-in's password user, the proxy as the
 IAM user. (b) memory of idle clients: the RSS delta of a fresh transaction-mode proxy, and of
 a fresh PgBouncer in transaction mode, over IDLE idle clients (psycopg in autocommit mode, each
@@ -54,20 +55,26 @@ def main():
         flags = ["--pool-mode", "transaction", "--pool-size", str(args.servers)]
         proxy, proxy_port = pc.start_proxy(binary, info, flags)
         procs.append(proxy)
+        # PgBouncer runs on one thread: the proxy on one too, beside its default (one per core).
+        single, single_port = pc.start_proxy(binary, info, ["--worker-threads", "1", *flags])
+        procs.append(single)
         plain_env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
         plain_env["PGSSLMODE"] = "disable"
         contenders = [
             dict(name="pgbouncer", host="127.0.0.1", port=bouncer_port, user=info["plain_user"], env=plain_env),
             dict(name="proxy-transaction", host="127.0.0.1", port=proxy_port, user=info["iam_user"],
                  env=plain_env),
+            dict(name="proxy-1-thread", host="127.0.0.1", port=single_port, user=info["iam_user"],
+                 env=plain_env),
         ]
         title = f"{args.clients} clients over {args.servers} server connections"
         tps, logins = pc.interleaved(args, contenders, info, title, [], args.clients)
-        ratios = [p / b for p, b in zip(tps["proxy-transaction"], tps["pgbouncer"])]
         for name, values in tps.items():
             print(f"  {name}: median {statistics.median(values):.0f} tps ({', '.join(f'{v:.0f}' for v in values)})")
-        print(f"  proxy / PgBouncer: {statistics.median(ratios):.2f}x (median of per-round ratios; "
-              f"target >= 1.0x); proxy IAM logins in all rounds: {logins['proxy-transaction']}")
+        for name in ("proxy-transaction", "proxy-1-thread"):
+            ratios = [p / b for p, b in zip(tps[name], tps["pgbouncer"])]
+            print(f"  {name} / PgBouncer: {statistics.median(ratios):.2f}x (median of per-round ratios; "
+                  f"target >= 1.0x); IAM logins in all rounds: {logins[name]}")
         if not args.no_prepared:
             prepared_vs_simple(args, contenders[1])
         stop(procs)
