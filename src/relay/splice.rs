@@ -11,7 +11,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::frames::Frames;
 use super::goodbye::{goodbye, GOODBYE};
 use super::pipe::{Pipe, Track};
 use super::prepared::{lock, Shared};
@@ -143,7 +142,11 @@ where
             ended = Ended::Released {
                 terminate: c.terminate,
             };
-            server_idle = track::idle(client_side(&up, c), server_side(&down, watch, read));
+            let server = Side {
+                watch,
+                frames: read,
+            };
+            server_idle = up.pending() == 0 && track::idle(client_side(&up, c), server);
             let _ = tokio::time::timeout(GOODBYE, client.shutdown()).await;
         }
     }
@@ -185,7 +188,11 @@ fn transaction_over(up: &Pipe, down: &Pipe) -> bool {
     }
     match (&up.track, &down.track) {
         (Track::Client(c), Track::Server { watch, read }) => {
-            track::idle(client_side(up, c), server_side(down, watch, read))
+            let server = Side {
+                watch,
+                frames: read,
+            };
+            up.pending() == 0 && track::idle(client_side(up, c), server)
         }
         _ => false,
     }
@@ -196,16 +203,6 @@ fn client_side<'a, W>(pipe: &'a Pipe, watch: &'a W) -> Side<'a, W> {
     Side {
         watch,
         frames: &pipe.frames,
-        pending: pipe.pending(),
-    }
-}
-
-/// The server's side, as read.
-fn server_side<'a, W>(pipe: &'a Pipe, watch: &'a W, read: &'a Frames) -> Side<'a, W> {
-    Side {
-        watch,
-        frames: read,
-        pending: pipe.pending(),
     }
 }
 

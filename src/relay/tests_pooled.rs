@@ -61,12 +61,10 @@ fn verdict(client: &[u8], server: &[u8]) -> (bool, usize) {
             let c = Side {
                 watch: &cw,
                 frames: &cf,
-                pending: 0,
             };
             let s = Side {
                 watch: &sw,
                 frames: &sf,
-                pending: 0,
             };
             let v = (idle(c, s), kept);
             assert_eq!(

@@ -97,22 +97,20 @@ impl Watch for ServerWatch {
     }
 }
 
-/// One direction as the verdict needs it: its boundaries (as read) and its unwritten bytes.
+/// One direction as the verdict needs it: its messages and boundaries, as read.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Side<'a, W> {
     /// The messages seen.
     pub watch: &'a W,
     /// Where the stream stands, as read.
     pub frames: &'a Frames,
-    /// Bytes read and not written yet.
-    pub pending: usize,
 }
 
 /// True if the server connection provably owes nothing and stands outside a transaction
-/// (whatever of its answer the client has yet to take).
+/// (whatever of its answer the client has yet to take), the client's bytes read so far all
+/// written to it (the caller's part: the verdict sees what was read).
 pub(super) fn idle(client: Side<'_, ClientWatch>, server: Side<'_, ServerWatch>) -> bool {
-    client.pending == 0
-        && client.frames.at_boundary()
+    client.frames.at_boundary()
         && server.frames.at_boundary()
         && client.watch.requests == server.watch.ready
         && !client.watch.since
