@@ -246,7 +246,10 @@ impl Acceptor {
             },
         };
         let ctx = self.ctx.clone();
-        let cut = self.cut.clone();
+        // A token of the session's own, cancelled with the drain's: every stage of the
+        // session waits on it (transaction mode: several times a transaction), and waiting on
+        // the shared token locks its mutex, which every session's task would contend for.
+        let cut = self.cut.child_token();
         ctx.metrics.accepted.inc();
         ctx.metrics.open.inc();
         self.tracker.spawn(
