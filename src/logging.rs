@@ -7,6 +7,7 @@
 
 use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
 
@@ -47,13 +48,89 @@ pub fn secret_guard() -> Targets {
 
 /// Installs the process's subscriber (call once, first thing).
 pub fn init(format: LogFormat) {
-    let level =
-        EnvFilter::try_from_env("PG_IAM_PROXY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let filter = level.and(secret_guard());
+    let spec = std::env::var("PG_IAM_PROXY_LOG").ok();
+    match static_levels(spec.as_deref()) {
+        // Global filters, stacked (both must pass), that decide by target and level alone:
+        // nothing to do when a span is entered, which happens on every poll of a session.
+        Some(levels) => tracing_subscriber::registry()
+            .with(secret_guard())
+            .with(levels)
+            .with(fmt_layer(format))
+            .init(),
+        // Span and field directives need EnvFilter, which takes a lock on every span entry.
+        None => {
+            let level = spec
+                .as_deref()
+                .and_then(|s| EnvFilter::try_new(s).ok())
+                .unwrap_or_else(|| EnvFilter::new("info"));
+            let filter = level.and(secret_guard());
+            tracing_subscriber::registry()
+                .with(fmt_layer(format).with_filter(filter))
+                .init()
+        }
+    }
+}
+
+/// Events to stderr, as text or JSON.
+fn fmt_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
     let layer = fmt::layer().with_writer(std::io::stderr);
-    let layer = match format {
-        LogFormat::Text => layer.with_filter(filter).boxed(),
-        LogFormat::Json => layer.json().with_filter(filter).boxed(),
+    match format {
+        LogFormat::Text => layer.boxed(),
+        LogFormat::Json => layer.json().boxed(),
+    }
+}
+
+/// `PG_IAM_PROXY_LOG` as levels by target (`info`, `pg_iam_proxy=debug,warn`), unset meaning
+/// `info`; `None` when it needs EnvFilter: span or field directives, empty parts, or
+/// anything [`Targets`] does not read the way EnvFilter does.
+pub fn static_levels(spec: Option<&str>) -> Option<Targets> {
+    let Some(spec) = spec else {
+        return Some(Targets::new().with_default(LevelFilter::INFO));
     };
-    tracing_subscriber::registry().with(layer).init();
+    let plain = |part: &str| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '=' | '-'))
+    };
+    if !spec.split(',').all(plain) {
+        return None;
+    }
+    spec.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn plain_levels_are_static_and_mean_what_env_filter_means() {
+        let unset = static_levels(None).expect("static");
+        assert!(unset.would_enable("pg_iam_proxy::session", &Level::INFO));
+        assert!(!unset.would_enable("pg_iam_proxy::session", &Level::DEBUG));
+        let mixed = static_levels(Some("warn,pg_iam_proxy::relay=debug")).expect("static");
+        assert!(mixed.would_enable("pg_iam_proxy::relay::splice", &Level::DEBUG));
+        assert!(!mixed.would_enable("pg_iam_proxy::session", &Level::INFO));
+        assert!(mixed.would_enable("pg_iam_proxy::session", &Level::WARN));
+        let bare = static_levels(Some("TRACE")).expect("static");
+        assert!(bare.would_enable("anything", &Level::TRACE));
+    }
+
+    #[test]
+    fn span_field_and_odd_directives_go_to_env_filter() {
+        for spec in [
+            "conn[user]=debug",
+            "x[{a}]=info",
+            "",
+            "info,",
+            "info, debug",
+            "a=b=c",
+        ] {
+            assert!(static_levels(Some(spec)).is_none(), "{spec:?}");
+        }
+    }
 }
