@@ -21,7 +21,7 @@
 //! A Query or Parse over [`super::pin::SCAN_LIMIT`] is not looked at. Forgetting is conservative: a statement that then fails (inside a failed transaction
 //! block) or is rolled back still forgets.
 
-use super::pin::statements;
+use super::pin::{may_matter, statements};
 
 /// What the proxy stops assuming about the server connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -36,10 +36,7 @@ pub struct Forget {
 pub fn forgets(sql: &[u8]) -> Forget {
     let sql = sql.split(|b| *b == 0).next().unwrap_or_default();
     let mut out = Forget::default();
-    if !["reset", "deallocate", "discard"]
-        .iter()
-        .any(|word| contains_ignoring_case(sql, word.as_bytes()))
-    {
+    if !may_matter(sql) {
         return out; // the common case: no lowercase copy
     }
     let lower = String::from_utf8_lossy(sql).to_ascii_lowercase();
@@ -61,12 +58,6 @@ pub fn forgets(sql: &[u8]) -> Forget {
         }
     }
     out
-}
-
-/// Whether `needle` (lowercase) occurs in `hay`, ASCII case ignored.
-fn contains_ignoring_case(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 #[cfg(test)]

@@ -85,11 +85,23 @@ impl PinScan {
                 bytes = &bytes[take..];
                 if self.header_len == 5 {
                     self.start();
+                    if self.text.is_some() && bytes.len() >= self.body_left {
+                        // The whole body is here: scanned in place, not collected.
+                        let (body, rest) = bytes.split_at(self.body_left);
+                        self.judge(&body[..body.len().min(SCAN_LIMIT)]);
+                        self.text = None;
+                        self.body_left = 0;
+                        self.header_len = 0;
+                        bytes = rest;
+                    }
                 }
                 continue;
             }
             let take = self.body_left.min(bytes.len());
             if let Some(text) = &mut self.text {
+                if text.capacity() == 0 {
+                    text.reserve_exact(self.body_left.min(SCAN_LIMIT)); // at its first part
+                }
                 let room = SCAN_LIMIT.saturating_sub(text.len()).min(take);
                 text.extend_from_slice(&bytes[..room]);
             }
@@ -114,22 +126,74 @@ impl PinScan {
 
     fn end(&mut self) {
         self.header_len = 0;
-        let Some(text) = self.text.take() else {
-            return;
-        };
+        if let Some(text) = self.text.take() {
+            self.judge(&text);
+        }
+    }
+
+    /// Scans the body (or its first [`SCAN_LIMIT`] bytes) of the Query or Parse in flight.
+    fn judge(&mut self, text: &[u8]) {
         self.pinned = match self.header[0] {
             b'P' => {
                 let name_end = text.iter().position(|b| *b == 0).unwrap_or(text.len());
                 scan_sql(text.get(name_end + 1..).unwrap_or_default())
             }
-            _ => scan_sql(&text),
+            _ => scan_sql(text),
         };
     }
+}
+
+/// Words one of which any SQL that pins, or makes the proxy forget ([`super::forget`]),
+/// contains (`set` is in `reset` and `set_config`, `advisory_lock` in every advisory lock
+/// function that pins).
+const KEYWORDS: [&[u8]; 8] = [
+    b"set",
+    b"listen",
+    b"prepare",
+    b"deallocate",
+    b"declare",
+    b"create",
+    b"advisory_lock",
+    b"discard",
+];
+
+/// The first three bytes of `w`, ASCII-lowercased (`| 0x20` lowercases ASCII letters and
+/// maps no other byte onto a lowercase letter), as one number.
+const fn trigram(w: &[u8]) -> u32 {
+    (w[0] | 0x20) as u32 | ((w[1] | 0x20) as u32) << 8 | ((w[2] | 0x20) as u32) << 16
+}
+
+/// Whether `sql` contains one of [`KEYWORDS`], ASCII case ignored: most statements contain
+/// none, and then need no closer look (one pass, no copy). Only where three bytes start a
+/// keyword is the keyword compared.
+pub(super) fn may_matter(sql: &[u8]) -> bool {
+    const STARTS: [u32; KEYWORDS.len()] = {
+        let mut starts = [0; KEYWORDS.len()];
+        let mut i = 0;
+        while i < KEYWORDS.len() {
+            starts[i] = trigram(KEYWORDS[i]);
+            i += 1;
+        }
+        starts
+    };
+    sql.windows(3).enumerate().any(|(at, w)| {
+        let t = trigram(w);
+        STARTS.contains(&t)
+            && KEYWORDS.iter().any(|word| {
+                trigram(word) == t
+                    && sql
+                        .get(at..at + word.len())
+                        .is_some_and(|s| s.eq_ignore_ascii_case(word))
+            })
+    })
 }
 
 /// The first reason in `sql` (bytes up to the first NUL) to pin its client.
 pub fn scan_sql(sql: &[u8]) -> Option<PinReason> {
     let sql = sql.split(|b| *b == 0).next().unwrap_or_default();
+    if !may_matter(sql) {
+        return None;
+    }
     let lower = String::from_utf8_lossy(sql).to_ascii_lowercase();
     if lower.contains("pg_advisory_lock") || lower.contains("pg_try_advisory_lock") {
         return Some(PinReason::AdvisoryLock);
@@ -267,6 +331,29 @@ mod tests {
         m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
         m.extend_from_slice(body);
         m
+    }
+
+    #[test]
+    fn only_sql_with_a_keyword_is_looked_at_closely() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 7;",
+            "",
+            "COMMIT",
+        ] {
+            assert!(!may_matter(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "sEt x = 1",
+            "RESET ALL",
+            "x pg_advisory_lock(",
+            "UNLISTEN *",
+            "Discard",
+        ] {
+            assert!(may_matter(sql.as_bytes()), "{sql}");
+        }
+        // A keyword as the last bytes, and a lowercase byte lookalike that is no letter.
+        assert!(may_matter(b"1;listen"));
+        assert!(!may_matter(b"\xd3\xc5\xd4")); // "SET" with the high bit set
     }
 
     #[test]
