@@ -20,11 +20,17 @@ use super::Meter;
 
 /// Copy buffer size per direction while data moves.
 const BUF: usize = 16 * 1024;
+/// A read into a direction that holds no full-sized buffer takes at most this, on the stack;
+/// one that fills it is followed by reads into a buffer of [`BUF`].
+const FIRST: usize = 2048;
 
 /// One direction of the splice.
 #[derive(Default)]
 pub(super) struct Pipe {
     buf: Vec<u8>,
+    /// [`Pipe::rewrite`]: the other buffer of the two that a rewrite swaps (what was read,
+    /// and what goes on), kept while data moves so a read reuses it.
+    spare: Vec<u8>,
     pos: usize,
     /// The reader reached its end.
     pub eof: bool,
@@ -95,20 +101,25 @@ impl Pipe {
     }
 
     /// Takes `bytes` (already read from the client, [`Track::Client`]) as if just read.
-    pub fn preload(&mut self, bytes: &[u8]) {
-        self.buf.clear();
-        self.buf.extend_from_slice(bytes);
+    pub fn preload(&mut self, bytes: Vec<u8>) {
+        self.buf = bytes;
         self.pos = 0;
         self.watch_read();
         self.rewrite_read();
     }
 
-    /// Replaces the bytes just read by what goes on ([`Rewrite`]).
+    /// Replaces the bytes just read by what goes on ([`Rewrite`]); left in place when they
+    /// go on unchanged (most of what a server sends).
     fn rewrite_read(&mut self) {
         if let Some(rewrite) = &mut self.rewrite {
-            let mut out = Vec::with_capacity(self.buf.capacity().max(BUF));
-            rewrite.feed(&self.buf[self.pos..], &mut out);
-            self.buf = out;
+            let input = &self.buf[self.pos..];
+            if rewrite.skim(input) {
+                return;
+            }
+            self.spare.clear();
+            self.spare.reserve(input.len() + 64); // room for a rename or two
+            rewrite.feed(input, &mut self.spare);
+            std::mem::swap(&mut self.buf, &mut self.spare);
             self.pos = 0;
         }
     }
@@ -140,7 +151,9 @@ impl Pipe {
                 return Poll::Ready(Ok(()));
             }
             if self.poll_fill(cx, r.as_mut())?.is_pending() {
-                self.buf = Vec::new(); // idle: give the buffer back
+                // Idle: give the buffers back.
+                self.buf = Vec::new();
+                self.spare = Vec::new();
                 if self.unflushed {
                     ready!(w.as_mut().poll_flush(cx))?;
                     self.unflushed = false;
@@ -217,16 +230,30 @@ impl Pipe {
     {
         self.buf.clear();
         self.pos = 0;
-        if self.buf.capacity() == 0 {
-            self.buf.reserve_exact(BUF);
+        if self.buf.capacity() < BUF && self.spare.capacity() >= BUF {
+            // What a rewrite left in the buffer may be short: read into the full-sized one.
+            std::mem::swap(&mut self.buf, &mut self.spare);
+            self.buf.clear();
         }
-        let spare: &mut [MaybeUninit<u8>] = self.buf.spare_capacity_mut();
-        let mut read = ReadBuf::uninit(spare);
-        ready!(r.poll_read(cx, &mut read))?;
-        let n = read.filled().len();
-        // SAFETY: `ReadBuf` guarantees the first `n` bytes were initialised.
-        unsafe { self.buf.set_len(n) };
-        self.eof = n == 0;
+        if self.buf.capacity() < BUF {
+            // No full-sized buffer yet: read on the stack first, so a direction with nothing
+            // to read, or a short message (most of a transaction's), allocates none.
+            let mut first = [MaybeUninit::<u8>::uninit(); FIRST];
+            let mut read = ReadBuf::uninit(&mut first);
+            ready!(r.poll_read(cx, &mut read))?;
+            let got = read.filled();
+            self.buf
+                .reserve_exact(if got.len() == FIRST { BUF } else { got.len() });
+            self.buf.extend_from_slice(got);
+        } else {
+            let spare: &mut [MaybeUninit<u8>] = self.buf.spare_capacity_mut();
+            let mut read = ReadBuf::uninit(spare);
+            ready!(r.poll_read(cx, &mut read))?;
+            let n = read.filled().len();
+            // SAFETY: `ReadBuf` guarantees the first `n` bytes were initialised.
+            unsafe { self.buf.set_len(n) };
+        }
+        self.eof = self.buf.is_empty();
         self.watch_read();
         self.rewrite_read();
         Poll::Ready(Ok(()))

@@ -36,7 +36,9 @@ pub(super) struct Rewrite {
     shared: Shared,
     /// The client's messages (else the server's).
     client: bool,
-    header: Vec<u8>,
+    /// The header in flight ([`State::Between`]): its first `header_len` bytes.
+    header: [u8; 5],
+    header_len: usize,
     state: State,
 }
 
@@ -45,9 +47,47 @@ impl Rewrite {
         Self {
             shared,
             client,
-            header: Vec::with_capacity(5),
+            header: [0; 5],
+            header_len: 0,
             state: State::Between,
         }
+    }
+
+    /// The server's side, when all of `input` goes on unchanged: whole messages of kinds
+    /// the rewrite passes (none of ParseComplete, CloseComplete, ErrorResponse), with no
+    /// header split across reads. Then they are followed (each ReadyForQuery noted, as
+    /// [`Rewrite::feed`] would) and `true` says `input` is what goes on; on `false`
+    /// nothing was done and `input` goes to [`Rewrite::feed`].
+    pub fn skim(&mut self, input: &[u8]) -> bool {
+        if self.client || self.header_len > 0 {
+            return false;
+        }
+        let mut at = match self.state {
+            State::Between => 0,
+            State::Pass(left) => left,
+            State::Collect { .. } => return false,
+        };
+        let mut readies = 0;
+        while at < input.len() {
+            let Some(h) = input.get(at..at + 5) else {
+                return false; // a header split across reads
+            };
+            let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+            if matches!(h[0], b'1' | b'3' | b'E') || len < 4 {
+                return false;
+            }
+            readies += usize::from(h[0] == b'Z');
+            at = at.saturating_add(1 + len);
+        }
+        if readies > 0 {
+            let mut p = lock(&self.shared);
+            (0..readies).for_each(|_| p.ready());
+        }
+        self.state = match at - input.len() {
+            0 => State::Between,
+            left => State::Pass(left),
+        };
+        true
     }
 
     /// Follows `input`, appending what goes on to `out`.
@@ -55,11 +95,15 @@ impl Rewrite {
         while !input.is_empty() {
             match &mut self.state {
                 State::Between => {
-                    let take = (5 - self.header.len()).min(input.len());
-                    self.header.extend_from_slice(&input[..take]);
+                    let take = (5 - self.header_len).min(input.len());
+                    self.header[self.header_len..self.header_len + take]
+                        .copy_from_slice(&input[..take]);
+                    self.header_len += take;
                     input = &input[take..];
-                    if self.header.len() == 5 {
+                    if self.header_len == 5 {
+                        self.header_len = 0;
                         self.start(out);
+                        input = self.in_place(input, out);
                     }
                 }
                 State::Pass(left) => {
@@ -72,6 +116,9 @@ impl Rewrite {
                     }
                 }
                 State::Collect { len, body, .. } => {
+                    if body.capacity() == 0 {
+                        body.reserve_exact((*len).min(NAMES_LIMIT)); // at its first part
+                    }
                     let take = (*len - body.len()).min(input.len());
                     body.extend_from_slice(&input[..take]);
                     input = &input[take..];
@@ -81,12 +128,25 @@ impl Rewrite {
         }
     }
 
+    /// A message to collect whose body is all in `input` is taken from there, not collected
+    /// (the same as collecting all of it); returns what follows.
+    fn in_place<'i>(&mut self, input: &'i [u8], out: &mut Vec<u8>) -> &'i [u8] {
+        match &self.state {
+            State::Collect { tag, len, body, .. } if body.is_empty() && input.len() >= *len => {
+                let (tag, len) = (*tag, *len);
+                self.state = State::Between;
+                let (body, rest) = input.split_at(len);
+                self.message(tag, len, body, out);
+                rest
+            }
+            _ => input,
+        }
+    }
+
     fn start(&mut self, out: &mut Vec<u8>) {
-        let h = std::mem::take(&mut self.header);
+        let h = self.header;
         let (tag, len) = (h[0], u32::from_be_bytes([h[1], h[2], h[3], h[4]]));
         let len = len.saturating_sub(4) as usize;
-        self.header = h;
-        self.header.clear();
         let collect = self.client && matches!(tag, b'P' | b'B' | b'D' | b'C') && len > 0;
         let query = self.client && tag == b'Q' && len <= SCAN_LIMIT;
         let error = !self.client && tag == b'E' && len <= NAMES_LIMIT;
@@ -94,7 +154,7 @@ impl Rewrite {
             // A Parse's text is scanned too ([`super::forget`]) up to the Query's limit.
             let whole =
                 matches!(tag, b'D' | b'C' | b'Q' | b'E') || (tag == b'P' && len <= SCAN_LIMIT);
-            let body = Vec::with_capacity(len.min(NAMES_LIMIT));
+            let body = Vec::new(); // reserved at its first part, if it is collected
             self.state = State::Collect {
                 tag,
                 len,

@@ -76,7 +76,7 @@ where
 pub async fn splice_transaction<C, U>(
     client: &mut C,
     upstream: &mut U,
-    phase: Phase<'_>,
+    phase: Phase,
     cut: CancellationToken,
     idle: Option<Duration>,
     meters: Meters<'_>,
@@ -101,12 +101,12 @@ where
 }
 
 /// Which part of a transaction-mode session [`splice_transaction`] relays.
-#[derive(Debug, Clone, Copy)]
-pub enum Phase<'a> {
+#[derive(Debug, Clone)]
+pub enum Phase {
     /// One transaction, from what the client sent first.
     Transaction {
         /// Bytes the client sent before the server connection was assigned.
-        early: &'a [u8],
+        early: Vec<u8>,
     },
     /// The rest of a pinned client's session.
     Pinned,

@@ -302,7 +302,7 @@ fn start_transaction(early: Vec<u8>) -> (DuplexStream, DuplexStream, JoinHandle<
         let o = splice_transaction(
             &mut proxy_client,
             &mut proxy_upstream,
-            super::Phase::Transaction { early: &early },
+            super::Phase::Transaction { early },
             cut,
             None,
             Meters::NONE,

@@ -123,7 +123,7 @@ impl Client<'_> {
             let Some(lent) = Box::pin(self.lend(client)).await else {
                 break;
             };
-            if !Box::pin(self.transaction(client, lent, &early)).await {
+            if !Box::pin(self.transaction(client, lent, early)).await {
                 break;
             }
         }
@@ -197,7 +197,7 @@ impl Client<'_> {
         &self,
         client: &mut S,
         mut lent: Checkout<PooledServer>,
-        early: &[u8],
+        early: Vec<u8>,
     ) -> bool
     where
         S: AsyncRead + AsyncWrite + Unpin,
