@@ -86,7 +86,7 @@ where
 /// `PG_IAM_PROXY_LOG` as levels by target (`info`, `pg_iam_proxy=debug,warn`), unset meaning
 /// `info`; `None` when it needs EnvFilter: span or field directives, empty parts, or
 /// anything [`Targets`] does not read the way EnvFilter does.
-pub fn static_levels(spec: Option<&str>) -> Option<Targets> {
+fn static_levels(spec: Option<&str>) -> Option<Targets> {
     let Some(spec) = spec else {
         return Some(Targets::new().with_default(LevelFilter::INFO));
     };

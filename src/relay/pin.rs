@@ -178,9 +178,11 @@ pub(super) fn may_matter(sql: &[u8]) -> bool {
     };
     sql.windows(3).enumerate().any(|(at, w)| {
         let t = trigram(w);
+        // One test against every start is the common path; a keyword itself is compared
+        // only where its start matched.
         STARTS.contains(&t)
-            && KEYWORDS.iter().any(|word| {
-                trigram(word) == t
+            && STARTS.iter().zip(KEYWORDS).any(|(start, word)| {
+                *start == t
                     && sql
                         .get(at..at + word.len())
                         .is_some_and(|s| s.eq_ignore_ascii_case(word))
