@@ -4,7 +4,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pg_iam_proxy::relay::Frames;
-use pg_iam_proxy::relay::{splice_with, Meters, Mode};
+use pg_iam_proxy::relay::{splice_with, Cut, Meters, Mode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -24,10 +24,11 @@ async fn one_pass(chunk: &[u8], mode: Mode) {
     let (mut proxy_upstream, mut server_end) = tokio::io::duplex(64 * 1024);
     let chunk_len = chunk.len();
     let relay = tokio::spawn(async move {
+        let cut = Cut::new(CancellationToken::new());
         splice_with(
             &mut proxy_client,
             &mut proxy_upstream,
-            CancellationToken::new(),
+            &cut,
             None,
             Meters::NONE,
             mode,

@@ -249,7 +249,7 @@ impl Acceptor {
         // A token of the session's own, cancelled with the drain's: every stage of the
         // session waits on it (transaction mode: several times a transaction), and waiting on
         // the shared token locks its mutex, which every session's task would contend for.
-        let cut = self.cut.child_token();
+        let cut = crate::relay::Cut::new(self.cut.child_token());
         ctx.metrics.accepted.inc();
         ctx.metrics.open.inc();
         self.tracker.spawn(

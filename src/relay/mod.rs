@@ -20,8 +20,10 @@
 //! Files: [`pipe`] (one direction), [`frames`] (boundaries), [`splice`] (both directions),
 //! [`goodbye`] (ending a session the proxy ends), [`track`] (the pooled mode's verdict),
 //! [`pin`] and [`prepared`] / [`rewrite`] (transaction mode: pins, named statements),
-//! [`forget`] (transaction mode: statements that return a connection toward its login state).
+//! [`forget`] (transaction mode: statements that return a connection toward its login state),
+//! [`Cut`] (the shutdown drain's cut, as a session polls it).
 
+mod cut;
 pub mod forget;
 mod frames;
 mod goodbye;
@@ -38,6 +40,7 @@ mod tests_pooled;
 mod tests_prepared;
 mod track;
 
+pub use cut::Cut;
 pub use frames::Frames;
 pub use goodbye::{FINISH_MESSAGE, GOODBYE};
 pub use pin::PinReason;

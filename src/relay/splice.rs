@@ -9,14 +9,13 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 use super::goodbye::{goodbye, GOODBYE};
 use super::pipe::{Pipe, Track};
 use super::prepared::{lock, Shared};
 use super::rewrite::Rewrite;
 use super::track::{self, Side};
-use super::PinReason;
+use super::{Cut, PinReason};
 use super::{Ended, Meters, Mode, Outcome};
 
 /// Relays until both directions are done, an error occurs, `cut` fires, or nothing moved
@@ -26,7 +25,7 @@ use super::{Ended, Meters, Mode, Outcome};
 pub async fn splice<C, U>(
     client: &mut C,
     upstream: &mut U,
-    cut: CancellationToken,
+    cut: &Cut,
     idle: Option<Duration>,
     meters: Meters<'_>,
 ) -> Outcome
@@ -45,7 +44,7 @@ where
 pub async fn splice_with<C, U>(
     client: &mut C,
     upstream: &mut U,
-    cut: CancellationToken,
+    cut: &Cut,
     idle: Option<Duration>,
     meters: Meters<'_>,
     mode: Mode,
@@ -77,7 +76,7 @@ pub async fn splice_transaction<C, U>(
     client: &mut C,
     upstream: &mut U,
     phase: Phase,
-    cut: CancellationToken,
+    cut: &Cut,
     idle: Option<Duration>,
     meters: Meters<'_>,
     prepared: &Shared,
@@ -127,7 +126,7 @@ async fn finish<C, U>(
     upstream: &mut U,
     mut up: Pipe,
     mut down: Pipe,
-    cut: CancellationToken,
+    cut: &Cut,
     idle: Option<Duration>,
     meters: Meters<'_>,
 ) -> Outcome
@@ -211,7 +210,7 @@ async fn relay<C, U>(
     upstream: &mut U,
     up: &mut Pipe,
     down: &mut Pipe,
-    cut: CancellationToken,
+    cut: &Cut,
     idle: Option<Duration>,
     meters: Meters<'_>,
 ) -> Ended
@@ -266,7 +265,7 @@ where
     });
     tokio::select! {
         biased; // once cut, relay no more
-        () = cut.cancelled() => Ended::Cut,
+        () = cut.fired() => Ended::Cut,
         result = copy => match result {
             Ok(true) => Ended::Returned,
             Ok(false) => Ended::Closed { client_first: client_first.unwrap_or(true) },

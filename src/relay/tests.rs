@@ -33,10 +33,11 @@ fn start(idle: Option<Duration>) -> Ends {
     let cut = CancellationToken::new();
     let token = cut.clone();
     let relay = tokio::spawn(async move {
+        let cut = super::Cut::new(token);
         splice(
             &mut proxy_client,
             &mut proxy_upstream,
-            token,
+            &cut,
             idle,
             Meters::NONE,
         )

@@ -177,12 +177,12 @@ fn start(mode: Mode) -> Ends {
     let (client, mut proxy_client) = tokio::io::duplex(64 * 1024);
     let (mut proxy_upstream, server) = tokio::io::duplex(64 * 1024);
     let relay = tokio::spawn(async move {
-        let cut = CancellationToken::new();
+        let cut = super::Cut::new(CancellationToken::new());
         let meters = Meters::NONE;
         let o = splice_with(
             &mut proxy_client,
             &mut proxy_upstream,
-            cut,
+            &cut,
             None,
             meters,
             mode,
@@ -297,13 +297,13 @@ fn start_transaction(early: Vec<u8>) -> (DuplexStream, DuplexStream, JoinHandle<
     let (client, mut proxy_client) = tokio::io::duplex(64 * 1024);
     let (mut proxy_upstream, server) = tokio::io::duplex(64 * 1024);
     let relay = tokio::spawn(async move {
-        let cut = CancellationToken::new();
+        let cut = super::Cut::new(CancellationToken::new());
         let prepared = Default::default();
         let o = splice_transaction(
             &mut proxy_client,
             &mut proxy_upstream,
             super::Phase::Transaction { early },
-            cut,
+            &cut,
             None,
             Meters::NONE,
             &prepared,

@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
+use crate::relay::Cut;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 use super::{meters, or_cut, refuse, send_early, tallies, watch_client};
 use crate::audit::Traffic;
@@ -25,7 +25,7 @@ pub(super) async fn session<S>(
     mut client: S,
     user: String,
     info: StartupInfo,
-    cut: CancellationToken,
+    cut: Cut,
     mut early: BytesMut,
     traffic: &Traffic,
 ) where
@@ -80,7 +80,7 @@ pub(super) async fn session<S>(
     }
     let idle = ctx.settings.idle_timeout;
     let tallies = tallies(ctx, traffic);
-    let outcome = relay::splice(&mut client, &mut stream, cut, idle, meters(&tallies)).await;
+    let outcome = relay::splice(&mut client, &mut stream, &cut, idle, meters(&tallies)).await;
     if outcome.ended == relay::Ended::Idle {
         tracing::info!(timeout = ?ctx.settings.idle_timeout, "idle session closed");
     }

@@ -3,9 +3,9 @@
 //! (only over TLS), and the database user its rule allows. Each refusal reaches the client
 //! as an ErrorResponse, is counted and logged.
 
+use crate::relay::Cut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
 
 use super::{or_cut, session};
 use crate::client::{self, Hello, StartupInfo};
@@ -31,7 +31,7 @@ pub(super) enum Transport {
 pub(super) async fn hello<S>(
     ctx: &TargetContext,
     client: &mut S,
-    cut: &CancellationToken,
+    cut: &Cut,
     offer_tls: bool,
 ) -> Option<Hello>
 where
@@ -64,7 +64,7 @@ where
 pub(super) async fn accept_tls<S>(
     ctx: &TargetContext,
     client: S,
-    cut: &CancellationToken,
+    cut: &Cut,
 ) -> Option<Box<tokio_rustls::server::TlsStream<S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -91,7 +91,7 @@ pub(super) async fn after_hello<S>(
     identity: Identity,
     hello: Hello,
     transport: Transport,
-    cut: CancellationToken,
+    cut: Cut,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -11,9 +11,9 @@ use front::Transport;
 mod pooled;
 mod txn;
 
+use crate::relay::Cut;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio_util::sync::CancellationToken;
 
 use crate::audit::{self, Tally, Traffic};
 use crate::client::{self, Hello, StartupInfo};
@@ -27,7 +27,7 @@ use crate::wire;
 
 /// Serves one accepted client connection from `peer` to the end. A cut before the relay
 /// (the client still in its handshake or login) ends the connection with 57P01 too.
-pub async fn serve<S>(ctx: &TargetContext, mut client: S, peer: PeerAddr, cut: CancellationToken)
+pub async fn serve<S>(ctx: &TargetContext, mut client: S, peer: PeerAddr, cut: Cut)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -62,13 +62,11 @@ where
 }
 
 /// Runs a stage before the relay unless the shutdown drain ends first (`None`).
-async fn or_cut<T>(
-    cut: &CancellationToken,
-    stage: impl std::future::Future<Output = T>,
-) -> Option<T> {
+async fn or_cut<T>(cut: &Cut, stage: impl std::future::Future<Output = T>) -> Option<T> {
     tokio::select! {
+        biased; // the stage's own wake first; the cut is an atomic load until it fires
         out = stage => Some(out),
-        () = cut.cancelled() => None,
+        () = cut.fired() => None,
     }
 }
 
@@ -78,7 +76,7 @@ async fn session<S>(
     identity: &Identity,
     user: String,
     info: StartupInfo,
-    cut: CancellationToken,
+    cut: Cut,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::relay::Cut;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::sync::CancellationToken;
 
 use super::{direct, meters, or_cut, refuse, send_early, tallies, watch_client};
 use crate::audit::Traffic;
@@ -42,7 +42,7 @@ pub(super) async fn session<S>(
     mut client: S,
     user: String,
     info: StartupInfo,
-    cut: CancellationToken,
+    cut: Cut,
     traffic: &Traffic,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -104,7 +104,7 @@ async fn lend<S>(
     client: &mut S,
     user: &str,
     info: &StartupInfo,
-    cut: &CancellationToken,
+    cut: &Cut,
 ) -> Lend
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -164,7 +164,7 @@ struct Rest<'a> {
     /// What the client sent while its connection was checked out.
     early: BytesMut,
     /// The shutdown cut.
-    cut: CancellationToken,
+    cut: Cut,
     /// The session's byte counts.
     traffic: &'a Traffic,
 }
@@ -232,7 +232,7 @@ async fn serve<S>(
     let idle = ctx.settings.idle_timeout;
     let tallies = tallies(ctx, traffic);
     let outcome =
-        relay::splice_with(client, stream, cut, idle, meters(&tallies), Mode::Pooled).await;
+        relay::splice_with(client, stream, &cut, idle, meters(&tallies), Mode::Pooled).await;
     if outcome.ended == Ended::Idle {
         tracing::info!(timeout = ?idle, "idle session closed");
     }

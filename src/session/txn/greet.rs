@@ -2,8 +2,8 @@
 //! first login (kept per pool; one checkout at once for a pool that has none) with its own
 //! settable parameters, and a cancel key of the proxy's that names the client, not a backend.
 
+use crate::relay::Cut;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::sync::CancellationToken;
 
 use super::super::pooled::checkout_failure;
 use super::super::{or_cut, refuse};
@@ -25,7 +25,7 @@ pub(super) async fn greet<S>(
     connector: &ServerConnector,
     settable: &[(String, String)],
     client: &mut S,
-    cut: &CancellationToken,
+    cut: &Cut,
 ) -> Option<ClientCancel>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -61,7 +61,7 @@ async fn baseline<S>(
     key: &PoolKey,
     connector: &ServerConnector,
     client: &mut S,
-    cut: &CancellationToken,
+    cut: &Cut,
 ) -> Option<ServerParams>
 where
     S: AsyncRead + AsyncWrite + Unpin,

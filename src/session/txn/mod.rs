@@ -9,8 +9,8 @@
 //! prepared statements follow it from connection to connection ([`relay::prepared`]). The
 //! greeting is in [`greet`].
 
+use crate::relay::Cut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio_util::sync::CancellationToken;
 
 mod greet;
 
@@ -37,7 +37,7 @@ struct Client<'a> {
     /// Startup parameters set on whichever connection it is lent (`application_name`).
     settable: Vec<(String, String)>,
     cancel: ClientCancel,
-    cut: CancellationToken,
+    cut: Cut,
     /// The session's byte counts (audit).
     traffic: &'a Traffic,
     /// Its named prepared statements ([`relay::prepared`]).
@@ -51,7 +51,7 @@ pub(super) async fn session<S>(
     mut client: S,
     user: String,
     info: StartupInfo,
-    cut: CancellationToken,
+    cut: Cut,
     traffic: &Traffic,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -211,7 +211,6 @@ impl Client<'_> {
         statements(&self.prepared).lend(std::mem::take(&mut server.statements));
         let stream = &mut server.conn.stream;
         let idle = self.ctx.settings.idle_timeout;
-        let cut = self.cut.clone();
         let tallies = tallies(self.ctx, self.traffic);
         let meters = meters(&tallies);
         let p = &self.prepared;
@@ -219,7 +218,7 @@ impl Client<'_> {
             client,
             stream,
             Phase::Transaction { early },
-            cut,
+            &self.cut,
             idle,
             meters,
             p,
@@ -249,9 +248,15 @@ impl Client<'_> {
                     return false;
                 }
                 let stream = &mut lent.conn_mut().conn.stream;
-                let cut = self.cut.clone();
-                let rest =
-                    relay::splice_transaction(client, stream, Phase::Pinned, cut, idle, meters, p);
+                let rest = relay::splice_transaction(
+                    client,
+                    stream,
+                    Phase::Pinned,
+                    &self.cut,
+                    idle,
+                    meters,
+                    p,
+                );
                 outcome = rest.await;
                 self.count_reprepared();
                 self.forget_params(&mut lent);
