@@ -157,36 +157,48 @@ const KEYWORDS: [&[u8]; 8] = [
     b"discard",
 ];
 
-/// The first three bytes of `w`, ASCII-lowercased (`| 0x20` lowercases ASCII letters and
-/// maps no other byte onto a lowercase letter), as one number.
-const fn trigram(w: &[u8]) -> u32 {
-    (w[0] | 0x20) as u32 | ((w[1] | 0x20) as u32) << 8 | ((w[2] | 0x20) as u32) << 16
+/// ASCII-lowercases a byte (`| 0x20` lowercases ASCII letters and maps no other byte onto a
+/// lowercase letter).
+const fn lower(b: u8) -> u8 {
+    b | 0x20
 }
 
+/// Where two bytes, lowercased, can start one of [`KEYWORDS`]: bit `first << 8 | second`
+/// (8 KiB, made at compile time).
+const STARTS: [u64; 1024] = {
+    let mut bits = [0u64; 1024];
+    let mut i = 0;
+    while i < KEYWORDS.len() {
+        let at = (KEYWORDS[i][0] as usize) << 8 | KEYWORDS[i][1] as usize;
+        bits[at >> 6] |= 1 << (at & 63);
+        i += 1;
+    }
+    bits
+};
+
 /// Whether `sql` contains one of [`KEYWORDS`], ASCII case ignored: most statements contain
-/// none, and then need no closer look (one pass, no copy). Only where three bytes start a
-/// keyword is the keyword compared.
+/// none, and then need no closer look (one pass, no copy). Each pair of bytes is one table
+/// look-up; a keyword is compared only where its first two bytes are.
 pub(super) fn may_matter(sql: &[u8]) -> bool {
-    const STARTS: [u32; KEYWORDS.len()] = {
-        let mut starts = [0; KEYWORDS.len()];
-        let mut i = 0;
-        while i < KEYWORDS.len() {
-            starts[i] = trigram(KEYWORDS[i]);
-            i += 1;
-        }
-        starts
+    let Some((&first, rest)) = sql.split_first() else {
+        return false;
     };
-    sql.windows(3).enumerate().any(|(at, w)| {
-        let t = trigram(w);
-        // One test against every start is the common path; a keyword itself is compared
-        // only where its start matched.
-        STARTS.contains(&t)
-            && STARTS.iter().zip(KEYWORDS).any(|(start, word)| {
-                *start == t
-                    && sql
-                        .get(at..at + word.len())
-                        .is_some_and(|s| s.eq_ignore_ascii_case(word))
-            })
+    let mut pair = lower(first) as usize;
+    for (at, &b) in rest.iter().enumerate() {
+        pair = (pair << 8 | lower(b) as usize) & 0xffff;
+        if STARTS[pair >> 6] >> (pair & 63) & 1 != 0 && keyword_at(&sql[at..]) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether `sql` starts with one of [`KEYWORDS`], ASCII case ignored.
+#[cold]
+fn keyword_at(sql: &[u8]) -> bool {
+    KEYWORDS.iter().any(|word| {
+        sql.get(..word.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(word))
     })
 }
 
@@ -356,6 +368,19 @@ mod tests {
         // A keyword as the last bytes, and a lowercase byte lookalike that is no letter.
         assert!(may_matter(b"1;listen"));
         assert!(!may_matter(b"\xd3\xc5\xd4")); // "SET" with the high bit set
+        assert!(!may_matter(b"S\xc5T"));
+        // Every keyword, in any case, anywhere; and none cut short.
+        for word in KEYWORDS {
+            let word = std::str::from_utf8(word).expect("ascii");
+            for sql in [
+                word.to_string(),
+                format!("x{}y", word.to_uppercase()),
+                format!("{word} "),
+            ] {
+                assert!(may_matter(sql.as_bytes()), "{sql}");
+            }
+            assert!(!may_matter(&word.as_bytes()[..word.len() - 1]), "{word}");
+        }
     }
 
     #[test]
