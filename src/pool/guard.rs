@@ -9,7 +9,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::metrics::CloseReason;
-use super::pool_core::{Core, Entry};
+use super::pool_core::{Core, Entry, Slot};
 use super::{Conn, PoolKey};
 
 /// A checked-out server connection. Dropping it without [`Checkout::check_in`] closes the
@@ -17,7 +17,7 @@ use super::{Conn, PoolKey};
 pub struct Checkout<T: Conn> {
     core: Arc<Core<T>>,
     /// `Some` until check-in, close or drop.
-    entry: Option<Entry<T>>,
+    entry: Option<Slot<T>>,
     /// Freed after the connection went back (field order: dropped after `entry`'s owner is
     /// done with it, as `Drop::drop` runs before the fields are dropped).
     _permit: OwnedSemaphorePermit,
@@ -36,7 +36,7 @@ impl<T: Conn> std::fmt::Debug for Checkout<T> {
 impl<T: Conn> Checkout<T> {
     pub(crate) fn new(
         core: Arc<Core<T>>,
-        entry: Entry<T>,
+        entry: Slot<T>,
         permit: OwnedSemaphorePermit,
         reused: bool,
     ) -> Self {

@@ -63,7 +63,8 @@ async fn run<C: Connector>(
 }
 
 /// No connections, and nobody but the map and this task holds the pool (a checkout in
-/// progress, a checked-out connection and an open each hold a reference).
+/// progress, a checked-out connection, an open and a held [`super::Pool`] each hold a
+/// reference).
 fn unused<T: Conn>(core: &Arc<Core<T>>) -> bool {
     Arc::strong_count(core) == 2 && core.is_empty()
 }
@@ -197,7 +198,7 @@ impl<T: Conn> Core<T> {
             Some(conn) if self.stop.is_cancelled() => Some(conn),
             Some(conn) => {
                 st.ever_opened = true;
-                let entry = Entry { conn, created: now };
+                let entry = Box::new(Entry { conn, created: now });
                 st.idle.push(Idle { entry, since: now });
                 None
             }

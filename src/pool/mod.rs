@@ -12,7 +12,8 @@
 //! Checkout::check_in(true)  -> back on the idle list, then the permit is freed
 //! Checkout::check_in(false), Checkout::close(reason) or drop -> closed, permit freed
 //! maintenance (one task per pool): idle timeout beyond min-idle, lifetime, min-idle refill,
-//!        drops the pool once it has been empty for a while; stops when the Pools is dropped
+//!        drops the pool once it has been empty (and unheld, [`Pool`]) for a while; stops
+//!        when the Pools is dropped
 //! ```
 //!
 //! Bound: idle + checked out + opening <= pool size. A permit of a fair semaphore with
@@ -144,6 +145,22 @@ pub struct Pools<C: Connector> {
     stopped: Arc<AtomicBool>,
 }
 
+/// One pool of a [`Pools`], held by a client that checks out of it again and again.
+pub struct Pool<C: Connector> {
+    core: Arc<Core<C::Conn>>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl<C: Connector> Pool<C> {
+    /// [`Pools::checkout`] from this pool.
+    pub async fn checkout(&self, connector: &C) -> Result<Checkout<C::Conn>, PoolError<C::Error>> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(PoolError::Closed);
+        }
+        open::checkout(self.core.clone(), connector).await
+    }
+}
+
 impl<C: Connector> Pools<C> {
     /// The pools of `target` (the metrics label).
     pub fn new(target: impl Into<String>, settings: Settings, metrics: Arc<PoolMetrics>) -> Self {
@@ -172,6 +189,15 @@ impl<C: Connector> Pools<C> {
         }
         let core = self.pool_for(key, connector);
         open::checkout(core, connector).await
+    }
+
+    /// The pool for `key`, to check out of again and again without looking it up each time
+    /// (creating it as [`Pools::checkout`] would). A pool is not dropped while it is held.
+    pub fn pool(&self, key: &PoolKey, connector: &C) -> Pool<C> {
+        Pool {
+            core: self.pool_for(key, connector),
+            stopped: self.stopped.clone(),
+        }
     }
 
     fn pool_for(&self, key: &PoolKey, connector: &C) -> Arc<Core<C::Conn>> {

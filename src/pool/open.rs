@@ -24,10 +24,10 @@ impl<T: Conn> Opening<T> {
     fn into_checkout(mut self, conn: T) -> Option<Checkout<T>> {
         let permit = self.permit.take()?;
         self.core.opened(true);
-        let entry = Entry {
+        let entry = Box::new(Entry {
             conn,
             created: Instant::now(),
-        };
+        });
         Some(Checkout::new(self.core.clone(), entry, permit, false))
     }
 }

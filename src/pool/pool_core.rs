@@ -17,6 +17,10 @@ use super::{lock, Conn, PoolKey, PoolStats, Settings};
 /// How long a polite close may take before the connection is just dropped.
 const CLOSE_BOUND: Duration = Duration::from_secs(5);
 
+/// A server connection and when it was opened, boxed once when it is: a checkout moves a
+/// pointer, not the connection's TLS state.
+pub(crate) type Slot<T> = Box<Entry<T>>;
+
 /// A server connection and when it was opened.
 pub(crate) struct Entry<T> {
     pub conn: T,
@@ -24,7 +28,7 @@ pub(crate) struct Entry<T> {
 }
 
 pub(super) struct Idle<T> {
-    pub entry: Entry<T>,
+    pub entry: Slot<T>,
     pub since: Instant,
 }
 
@@ -62,7 +66,7 @@ pub(crate) enum WaitFailed {
 /// What a client holding a permit gets.
 pub(crate) enum Taken<T> {
     /// An idle connection, now counted active.
-    Idle(Entry<T>),
+    Idle(Slot<T>),
     /// Nothing idle: the caller opens one, already counted as opening.
     Open,
 }
@@ -218,7 +222,7 @@ impl<T: Conn> Core<T> {
 
     /// A checked-out connection comes back: onto the idle list, or closed when it is too old
     /// or the pools are shut down. The caller frees the permit afterwards.
-    pub fn check_in(&self, entry: Entry<T>, now: Instant) {
+    pub fn check_in(&self, entry: Slot<T>, now: Instant) {
         let reason = if self.stopped.load(Ordering::Acquire) {
             Some(CloseReason::Shutdown)
         } else if expired(&self.settings, entry.created, now) {

@@ -56,7 +56,7 @@ pub(super) async fn session<S>(
             Box::pin(direct).await
         }
         Lend::Ready(ready) => {
-            let Lent { lent, shown, early } = Lent::unbox(ready);
+            let Lent { lent, shown, early } = ready;
             // Only the fallback needed these: an idle session keeps as little as it can.
             drop((user, info));
             let rest = Rest {
@@ -76,7 +76,7 @@ enum Lend {
     /// A startup parameter needs a login of the client's own; what it sent meanwhile.
     Unpooled(BytesMut),
     /// A connection with the client's parameters applied.
-    Ready(Box<Lent>),
+    Ready(Lent),
 }
 
 /// A connection lent to the client, ready for its greeting.
@@ -87,14 +87,6 @@ struct Lent {
     shown: ServerParams,
     /// What the client sent while the connection was checked out.
     early: BytesMut,
-}
-
-impl Lent {
-    /// Moves out of the box and frees it now (a box moved out of in place is freed only
-    /// when its binding's scope ends: here, with the session).
-    fn unbox(boxed: Box<Self>) -> Self {
-        *boxed
-    }
 }
 
 /// Checks a connection out for the client and applies its parameters.
@@ -137,7 +129,7 @@ where
     let limit = ctx.settings.connect_timeout;
     let applied = params::apply(&mut server.conn.stream, &settable, &server.baseline, limit);
     match applied.await {
-        Ok(shown) => Lend::Ready(Box::new(Lent { lent, shown, early })),
+        Ok(shown) => Lend::Ready(Lent { lent, shown, early }),
         Err(ApplyError::Rejected(r)) if r.cannot_change_now() => {
             // A parameter only a login can set: this client gets a login of its own.
             tracing::debug!(code = %r.error.code, "startup parameter needs a login; not pooled");

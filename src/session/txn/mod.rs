@@ -20,7 +20,7 @@ use crate::audit::Traffic;
 use crate::cancel::{CancelTarget, ClientCancel};
 use crate::client::{self, StartupInfo};
 use crate::error::{sqlstate, ClientError};
-use crate::pool::{Checkout, CloseReason, PoolKey};
+use crate::pool::{Checkout, CloseReason, Pool};
 use crate::relay::prepared::{lock as statements, Shared};
 use crate::relay::{self, Ended, Phase};
 use crate::target::{Pooling, TargetContext};
@@ -32,7 +32,8 @@ use crate::wire;
 struct Client<'a> {
     ctx: &'a TargetContext,
     pooling: &'a Pooling,
-    key: PoolKey,
+    /// Its pool, held for the session: no look-up per transaction.
+    pool: Pool<ServerConnector>,
     connector: ServerConnector,
     /// Startup parameters set on whichever connection it is lent (`application_name`).
     settable: Vec<(String, String)>,
@@ -75,7 +76,7 @@ pub(super) async fn session<S>(
     let me = Client {
         ctx,
         pooling,
-        key,
+        pool: pooling.pools.pool(&key, &connector),
         connector,
         settable,
         cancel,
@@ -119,11 +120,8 @@ impl Client<'_> {
                     break;
                 }
             };
-            // Boxed stages: an idle client's future holds only the wait.
-            let Some(lent) = Box::pin(self.lend(client)).await else {
-                break;
-            };
-            if !Box::pin(self.transaction(client, lent, early)).await {
+            // A boxed stage: an idle client's future holds only the wait.
+            if !Box::pin(self.one(client, early)).await {
                 break;
             }
         }
@@ -149,13 +147,25 @@ impl Client<'_> {
         }
     }
 
+    /// One transaction from `early` on a connection lent for it; true if the connection
+    /// went back and the client is still there for the next one.
+    async fn one<S>(&self, client: &mut S, early: Vec<u8>) -> bool
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        match self.lend(client).await {
+            Some(lent) => self.transaction(client, lent, early).await,
+            None => false,
+        }
+    }
+
     /// A server connection for the next transaction, with the client's settable parameters
     /// applied; `None` when there is none (the client was told why).
     async fn lend<S>(&self, client: &mut S) -> Option<Checkout<PooledServer>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let checkout = Box::pin(self.pooling.pools.checkout(&self.key, &self.connector));
+        let checkout = self.pool.checkout(&self.connector);
         let mut lent = match or_cut(&self.cut, checkout).await {
             None => {
                 client::reject(client, &ClientError::admin_shutdown()).await;
