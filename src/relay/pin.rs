@@ -163,42 +163,47 @@ const fn lower(b: u8) -> u8 {
     b | 0x20
 }
 
-/// Where two bytes, lowercased, can start one of [`KEYWORDS`]: bit `first << 8 | second`
-/// (8 KiB, made at compile time).
-const STARTS: [u64; 1024] = {
+/// The pairs of bytes a keyword of [`KEYWORDS`] starts with or has second, lowercased: bit
+/// `first << 8 | second` (8 KiB, made at compile time). Every keyword (three bytes or
+/// more) has one of its two at an even offset, wherever it starts.
+const PAIRS: [u64; 1024] = {
     let mut bits = [0u64; 1024];
     let mut i = 0;
     while i < KEYWORDS.len() {
-        let at = (KEYWORDS[i][0] as usize) << 8 | KEYWORDS[i][1] as usize;
-        bits[at >> 6] |= 1 << (at & 63);
+        let w = KEYWORDS[i];
+        let first = (w[0] as usize) << 8 | w[1] as usize;
+        let second = (w[1] as usize) << 8 | w[2] as usize;
+        bits[first >> 6] |= 1 << (first & 63);
+        bits[second >> 6] |= 1 << (second & 63);
         i += 1;
     }
     bits
 };
 
 /// Whether `sql` contains one of [`KEYWORDS`], ASCII case ignored: most statements contain
-/// none, and then need no closer look (one pass, no copy). Each pair of bytes is one table
-/// look-up; a keyword is compared only where its first two bytes are.
+/// none, and then need no closer look (one pass, no copy). One table look-up per two bytes
+/// (the pair at each even offset); where it hits, a keyword is compared starting there and
+/// one byte before.
 pub(super) fn may_matter(sql: &[u8]) -> bool {
-    let Some((&first, rest)) = sql.split_first() else {
-        return false;
-    };
-    let mut pair = lower(first) as usize;
-    for (at, &b) in rest.iter().enumerate() {
-        pair = (pair << 8 | lower(b) as usize) & 0xffff;
-        if STARTS[pair >> 6] >> (pair & 63) & 1 != 0 && keyword_at(&sql[at..]) {
-            return true;
+    sql.chunks_exact(2).enumerate().any(|(half, pair)| {
+        let bits = (lower(pair[0]) as usize) << 8 | lower(pair[1]) as usize;
+        PAIRS[bits >> 6] >> (bits & 63) & 1 != 0 && {
+            let at = 2 * half;
+            keyword_at(&sql[at..]) || (at > 0 && keyword_at(&sql[at - 1..]))
         }
-    }
-    false
+    })
 }
 
-/// Whether `sql` starts with one of [`KEYWORDS`], ASCII case ignored.
+/// Whether `sql` (at least two bytes) starts with one of [`KEYWORDS`], ASCII case ignored.
 #[cold]
 fn keyword_at(sql: &[u8]) -> bool {
+    let (a, b) = (lower(sql[0]), lower(sql[1]));
     KEYWORDS.iter().any(|word| {
-        sql.get(..word.len())
-            .is_some_and(|s| s.eq_ignore_ascii_case(word))
+        word[0] == a
+            && word[1] == b
+            && sql
+                .get(2..word.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(&word[2..]))
     })
 }
 
@@ -380,6 +385,42 @@ mod tests {
                 assert!(may_matter(sql.as_bytes()), "{sql}");
             }
             assert!(!may_matter(&word.as_bytes()[..word.len() - 1]), "{word}");
+        }
+    }
+
+    #[test]
+    fn the_pre_check_finds_what_a_plain_search_finds() {
+        let naive = |sql: &[u8]| {
+            let lower = sql.to_ascii_lowercase();
+            KEYWORDS
+                .iter()
+                .any(|w| lower.windows(w.len()).any(|at| at == *w))
+        };
+        // Keywords and near misses at every offset, among bytes that look like them.
+        let parts: [&[u8]; 9] = [
+            b"SeT", b"se", b"x", b" ", b"LISTEN", b"dis", b"card", b"_", b"\xd3",
+        ];
+        let mut seed = 1u32;
+        for _ in 0..20_000 {
+            let mut sql = Vec::new();
+            for _ in 0..(seed % 7) {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                sql.extend_from_slice(parts[(seed >> 16) as usize % parts.len()]);
+            }
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            assert_eq!(
+                may_matter(&sql),
+                naive(&sql),
+                "{:?}",
+                String::from_utf8_lossy(&sql)
+            );
+        }
+        for word in KEYWORDS {
+            for pad in 0..4 {
+                let mut sql = b"y".repeat(pad);
+                sql.extend_from_slice(word);
+                assert!(may_matter(&sql), "{pad} {word:?}");
+            }
         }
     }
 
