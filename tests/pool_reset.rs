@@ -15,7 +15,7 @@ use pg_iam_proxy::upstream::auth::{login, startup_packet, AuthError, Login};
 use pg_iam_proxy::upstream::connect::{connect, Endpoint, UpstreamStream};
 use pg_iam_proxy::upstream::exchange;
 use pg_iam_proxy::upstream::params::{apply, fatal, ApplyError, ServerParams};
-use pg_iam_proxy::upstream::reset::{has_pending_input, reset, ResetError};
+use pg_iam_proxy::upstream::reset::{has_pending_input, reset, tls_has_pending_input, ResetError};
 use pg_iam_proxy::upstream::tls::client_config;
 use pg_iam_proxy::wire;
 use pgwire::messages::response::ErrorResponse;
@@ -234,15 +234,38 @@ async fn a_connection_the_server_ended_shows_input_waiting() {
     let pid = one(&mut a, "SELECT pg_backend_pid()").await;
     reset(&mut a, "DISCARD ALL", WAIT).await.expect("reset");
     assert!(!has_pending_input(&mut a), "idle and clean");
+    assert!(
+        !tls_has_pending_input(&mut a),
+        "idle and clean, without a read"
+    );
     let (mut b, _) = fresh().await;
     let kill = format!("SELECT pg_terminate_backend({pid})");
     assert_eq!(one(&mut b, &kill).await, "t");
     bytes_arrive(&a).await;
     let deadline = Instant::now() + WAIT;
-    while !has_pending_input(&mut a) {
+    while !tls_has_pending_input(&mut a) {
         assert!(Instant::now() < deadline, "the FATAL never showed");
         tokio::task::yield_now().await;
     }
+}
+
+#[tokio::test]
+async fn decrypted_bytes_not_taken_yet_show_as_input_waiting() {
+    let (mut a, _) = fresh().await;
+    let sql = "SELECT 1";
+    let mut q = vec![b'Q'];
+    q.extend_from_slice(&(sql.len() as u32 + 5).to_be_bytes());
+    q.extend_from_slice(sql.as_bytes());
+    q.push(0);
+    a.write_all(&q).await.expect("write");
+    a.flush().await.expect("flush");
+    // The answer is one flush, so one TLS record: reading its frames up to CommandComplete
+    // leaves the ReadyForQuery decrypted in rustls, the socket drained.
+    while wire::read_tagged(&mut a, 1 << 20).await.expect("answer")[0] != b'C' {}
+    assert!(
+        tls_has_pending_input(&mut a),
+        "the ReadyForQuery is waiting"
+    );
 }
 
 const CLIENT_PARAMS: &[(&str, &str)] = &[

@@ -62,7 +62,15 @@ impl ServerParams {
 
     /// The value of `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+        // Names compared as bytes; only the value found is decoded (on every transaction
+        // of transaction mode, most of the names are passed over).
+        let mut fields = self.0.split(|b| *b == 0);
+        while let (Some(n), Some(v)) = (fields.next(), fields.next()) {
+            if n == name.as_bytes() {
+                return Some(std::str::from_utf8(v).unwrap_or_default());
+            }
+        }
+        None
     }
 
     /// Sets `name` in place, or appends it.

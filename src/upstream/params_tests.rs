@@ -74,3 +74,21 @@ fn fatal_rewrites_both_severities_only() {
     assert_eq!(out.fields, want);
     assert_eq!(&fatal(b"junk")[..], b"junk", "not an error: as it was");
 }
+
+#[test]
+fn a_value_is_found_by_its_name_only() {
+    let mut p = ServerParams::default();
+    p.set("a".into(), "application_name".into());
+    p.set("application_name".into(), "psql".into());
+    p.set("empty".into(), String::new());
+    assert_eq!(
+        p.get("application_name"),
+        Some("psql"),
+        "not the value named so"
+    );
+    assert_eq!(p.get("a"), Some("application_name"));
+    assert_eq!(p.get("empty"), Some(""));
+    assert_eq!(p.get("psql"), None, "a value is no name");
+    assert_eq!(p.get("applicat"), None);
+    assert_eq!(ServerParams::default().get("a"), None);
+}

@@ -17,7 +17,7 @@ use crate::pool::{Conn, Connector, PoolKey, ToClient};
 use crate::target::TargetContext;
 use crate::upstream::login::{open_gated, Failure, ServerConn};
 use crate::upstream::params::ServerParams;
-use crate::upstream::reset::has_pending_input;
+use crate::upstream::reset::tls_has_pending_input;
 use crate::wire;
 
 /// The Terminate message.
@@ -80,7 +80,7 @@ impl PooledServer {
 
 impl Conn for PooledServer {
     fn is_broken(&mut self) -> bool {
-        has_pending_input(&mut self.conn.stream)
+        tls_has_pending_input(&mut self.conn.stream)
     }
 
     fn close(self) -> impl Future<Output = ()> + Send {

@@ -6,6 +6,7 @@
 //!
 //! [`has_pending_input`] tells whether an idle connection has something waiting (the server
 //! closed it, or sent a FATAL on shutdown): such a connection is never handed out.
+//! [`tls_has_pending_input`] says the same of a TLS connection, first without a read.
 
 use std::pin::Pin;
 use std::task::{Context, Waker};
@@ -15,6 +16,8 @@ use bytes::BytesMut;
 use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::ParameterStatus;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use super::auth::ServerError;
 use super::exchange;
@@ -118,6 +121,18 @@ pub fn has_pending_input<S: AsyncRead + Unpin>(stream: &mut S) -> bool {
     let mut cx = Context::from_waker(Waker::noop());
     // Ready: bytes, the end, or an error; none of them is a clean idle connection.
     Pin::new(stream).poll_read(&mut cx, &mut buf).is_ready()
+}
+
+/// [`has_pending_input`] for a TLS connection, which reads only when something may be
+/// waiting: decrypted bytes not taken yet, an end seen, or a socket that is not known to
+/// have nothing (as of the runtime's last look). An idle connection in a pool is checked
+/// on every checkout; most have nothing, and finding that needs no read through the TLS
+/// layer.
+pub fn tls_has_pending_input(stream: &mut TlsStream<TcpStream>) -> bool {
+    let (tcp, tls) = stream.get_ref();
+    let mut cx = Context::from_waker(Waker::noop());
+    let quiet = tls.wants_read() && tcp.poll_read_ready(&mut cx).is_pending();
+    !quiet && has_pending_input(stream)
 }
 
 #[cfg(test)]
