@@ -35,12 +35,16 @@ pub struct Forget {
 /// What `sql` (bytes up to the first NUL) makes the proxy forget.
 pub fn forgets(sql: &[u8]) -> Forget {
     let sql = sql.split(|b| *b == 0).next().unwrap_or_default();
-    let mut out = Forget::default();
     if !may_matter(sql) {
-        return out; // the common case: no lowercase copy
+        return Forget::default(); // the common case: no lowercase copy
     }
-    let lower = String::from_utf8_lossy(sql).to_ascii_lowercase();
-    for statement in statements(&lower) {
+    forget_of(&String::from_utf8_lossy(sql).to_ascii_lowercase())
+}
+
+/// What `lower` (lowercased SQL) makes the proxy forget.
+pub(super) fn forget_of(lower: &str) -> Forget {
+    let mut out = Forget::default();
+    for statement in statements(lower) {
         let mut words = statement
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .filter(|w| !w.is_empty());

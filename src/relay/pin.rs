@@ -23,6 +23,8 @@
 //! function or `DO` block that runs `SET`, `LISTEN` or `CREATE TEMP` inside,
 //! `SELECT ... INTO TEMP`; and only the first [`SCAN_LIMIT`] bytes of a message are scanned.
 
+use super::forget::{forget_of, Forget};
+
 /// Bytes of one message's text that are scanned.
 pub const SCAN_LIMIT: usize = 64 * 1024;
 
@@ -61,7 +63,9 @@ impl PinReason {
 }
 
 /// Follows the client's messages by their headers and collects the bodies of Query and
-/// Parse (up to [`SCAN_LIMIT`]) to scan them; remembers the first reason found.
+/// Parse (up to [`SCAN_LIMIT`]) to scan them; remembers the first reason found. In the
+/// transaction-mode relay it scans only the bodies too long for the rewrite, which judges
+/// the others ([`PinScan::long_only`]).
 #[derive(Debug, Default)]
 pub struct PinScan {
     header: [u8; 5],
@@ -71,9 +75,20 @@ pub struct PinScan {
     text: Option<Vec<u8>>,
     /// The first reason found.
     pub pinned: Option<PinReason>,
+    /// Only bodies over [`SCAN_LIMIT`] are scanned (their first part): the transaction-mode
+    /// relay's [`super::rewrite::Rewrite`] judges the others as it passes them.
+    pub only_long: bool,
 }
 
 impl PinScan {
+    /// A scan of the texts over [`SCAN_LIMIT`] only ([`PinScan::only_long`]).
+    pub fn long_only() -> Self {
+        Self {
+            only_long: true,
+            ..Self::default()
+        }
+    }
+
     /// Follows `bytes`, the next bytes the client sent.
     pub fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
@@ -117,7 +132,9 @@ impl PinScan {
         let h = self.header;
         let length = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
         self.body_left = length.saturating_sub(4) as usize;
-        let scanned = self.pinned.is_none() && matches!(h[0], b'Q' | b'P');
+        let scanned = self.pinned.is_none()
+            && matches!(h[0], b'Q' | b'P')
+            && !(self.only_long && self.body_left <= SCAN_LIMIT);
         self.text = scanned.then(Vec::new);
         if self.body_left == 0 {
             self.end();
@@ -213,15 +230,30 @@ pub fn scan_sql(sql: &[u8]) -> Option<PinReason> {
     if !may_matter(sql) {
         return None;
     }
+    pin_reason(&String::from_utf8_lossy(sql).to_ascii_lowercase())
+}
+
+/// [`scan_sql`] and [`super::forget::forgets`] of the same `sql` with one look: what pins
+/// its client (when `pins`), and what it makes the proxy forget.
+pub(super) fn judge(sql: &[u8], pins: bool) -> (Option<PinReason>, Forget) {
+    let sql = sql.split(|b| *b == 0).next().unwrap_or_default();
+    if !may_matter(sql) {
+        return (None, Forget::default());
+    }
     let lower = String::from_utf8_lossy(sql).to_ascii_lowercase();
+    let reason = if pins { pin_reason(&lower) } else { None };
+    (reason, forget_of(&lower))
+}
+
+/// The first reason in `lower` (lowercased SQL) to pin its client.
+fn pin_reason(lower: &str) -> Option<PinReason> {
     if lower.contains("pg_advisory_lock") || lower.contains("pg_try_advisory_lock") {
         return Some(PinReason::AdvisoryLock);
     }
     if lower.contains("set_config") {
         return Some(PinReason::Set);
     }
-    let found = statements(&lower).find_map(classify);
-    found
+    statements(lower).find_map(classify)
 }
 
 /// The statement's reason, from its leading words.

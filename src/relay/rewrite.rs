@@ -1,12 +1,12 @@
 //! Transaction mode, both directions of [`super::prepared`]: the client's Parse, Bind,
 //! Describe and Close are collected (Bind and Parse only up to their names unless a named
 //! Parse needs its text) and rewritten; its Query, and its Parse's text, are collected (up
-//! to [`SCAN_LIMIT`]) to find what makes the proxy forget ([`super::forget`]); the server's ParseComplete and
+//! to [`SCAN_LIMIT`]) to find what makes the proxy forget ([`super::forget`]) and, in a
+//! transaction, what pins the client ([`super::pin`]); the server's ParseComplete and
 //! CloseComplete are passed, dropped or renamed and its ReadyForQuery noted. Everything
 //! else is copied by header and length, unparsed.
 
-use super::forget::forgets;
-use super::pin::SCAN_LIMIT;
+use super::pin::{judge, PinReason, SCAN_LIMIT};
 use super::prepared::{lock, put, Reply, Shared};
 
 /// A named Parse longer than this goes to the server unchanged (and pins its client).
@@ -40,6 +40,11 @@ pub(super) struct Rewrite {
     header: [u8; 5],
     header_len: usize,
     state: State,
+    /// The client's Query and Parse texts it collects are also scanned for what pins
+    /// ([`super::pin`]), in the same look as for what makes the proxy forget.
+    pub judge_pins: bool,
+    /// The first reason found that way.
+    pub pinned: Option<PinReason>,
 }
 
 impl Rewrite {
@@ -50,6 +55,8 @@ impl Rewrite {
             header: [0; 5],
             header_len: 0,
             state: State::Between,
+            judge_pins: false,
+            pinned: None,
         }
     }
 
@@ -232,8 +239,11 @@ impl Rewrite {
             return put(out, tag, &[&p.renamed(body)]);
         }
         let (name, after) = cstr(body);
+        let pins = self.judge_pins && self.pinned.is_none();
         if tag == b'P' && len <= SCAN_LIMIT {
-            p.forget(forgets(after)); // before its own name is remembered
+            let (reason, forget) = judge(after, pins);
+            p.forget(forget); // before its own name is remembered
+            self.pinned = self.pinned.or(reason);
         }
         match tag {
             b'P' if !name.is_empty() && body.len() == len => {
@@ -260,7 +270,9 @@ impl Rewrite {
             b'C' => p.close((name.first() == Some(&b'S')).then(|| &name[1..])),
             b'Q' => {
                 p.synced();
-                p.forget(forgets(body));
+                let (reason, forget) = judge(body, pins);
+                p.forget(forget);
+                self.pinned = self.pinned.or(reason);
             }
             _ => {}
         }

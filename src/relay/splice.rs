@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::goodbye::{goodbye, GOODBYE};
+use super::pin::PinScan;
 use super::pipe::{Pipe, Track};
 use super::prepared::{lock, Shared};
 use super::rewrite::Rewrite;
@@ -89,7 +90,12 @@ where
     let Phase::Transaction { early } = phase else {
         return finish(client, upstream, up, down, cut, idle, meters).await;
     };
-    up.scan = Some(Default::default());
+    // One look per Query and Parse text: the rewrite judges pins with what it forgets; the
+    // scan only the texts too long for the rewrite to collect.
+    up.scan = Some(PinScan::long_only());
+    if let Some(rewrite) = &mut up.rewrite {
+        rewrite.judge_pins = true;
+    }
     up.preload(early);
     down.hold = true;
     let mut outcome = finish(client, upstream, up, down, cut, idle, meters).await;
@@ -153,7 +159,8 @@ where
         Ended::Cut | Ended::Idle => goodbye(client, upstream, &up, &mut down, ended, meters).await,
         Ended::Closed { .. } | Ended::Failed | Ended::Released { .. } | Ended::Returned => false,
     };
-    let pinned = up.scan.as_ref().and_then(|s| s.pinned);
+    let judged = up.rewrite.as_ref().and_then(|r| r.pinned);
+    let pinned = up.scan.as_ref().and_then(|s| s.pinned).or(judged);
     let tail = match ended {
         Ended::Returned => down.take_pending(),
         _ => Vec::new(),

@@ -6,8 +6,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::frames::Frames;
+use super::pin::SCAN_LIMIT;
 use super::track::{idle, ClientWatch, ServerWatch, Side};
-use super::{splice_transaction, splice_with, Ended, Meters, Mode, Outcome};
+use super::{splice_transaction, splice_with, Ended, Meters, Mode, Outcome, PinReason};
 
 /// A message with `tag` and `body`.
 fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -371,4 +372,46 @@ async fn a_transaction_block_is_not_returned_at_its_begin() {
     let outcome = relay.await.expect("join");
     assert_eq!(outcome.ended, Ended::Returned);
     assert_eq!(outcome.tail, commit);
+}
+
+/// The pin reason a transaction of `early`, then `more` from the client, ends with (the
+/// server answers each of the client's Syncs and Queries with ReadyForQuery('I')).
+async fn pinned_by(early: Vec<u8>, more: Vec<u8>, requests: usize) -> Option<PinReason> {
+    let all = cat(&[early.clone(), more.clone()]);
+    let (mut client, mut server, relay) = start_transaction(early);
+    client.write_all(&more).await.expect("write");
+    assert_eq!(read_n(&mut server, all.len()).await, all);
+    let answers: Vec<_> = (0..requests).map(|_| ready(b'I')).collect();
+    server.write_all(&cat(&answers)).await.expect("write");
+    let outcome = relay.await.expect("join");
+    assert_eq!(outcome.ended, Ended::Returned);
+    outcome.pinned
+}
+
+#[tokio::test]
+async fn each_text_is_judged_once_short_long_parse_or_split() {
+    let q = |sql: &str| msg(b'Q', format!("{sql}\0").as_bytes());
+    assert_eq!(
+        pinned_by(q("SET x = 1"), vec![], 1).await,
+        Some(PinReason::Set)
+    );
+    assert_eq!(pinned_by(q("SELECT 1"), vec![], 1).await, None);
+    // Over the rewrite's limit: the scan judges its first part.
+    let long = format!("LISTEN x; SELECT '{}'", "y".repeat(SCAN_LIMIT + 10));
+    assert_eq!(
+        pinned_by(q(&long), vec![], 1).await,
+        Some(PinReason::Listen)
+    );
+    let long = format!("SELECT '{}'", "y".repeat(SCAN_LIMIT + 10));
+    assert_eq!(pinned_by(q(&long), vec![], 1).await, None);
+    // An unnamed Parse's text, then Sync.
+    let parse = msg(b'P', b"\0CREATE TEMP TABLE t (a int)\0\0\0");
+    let sync = msg(b'S', b"");
+    let got = pinned_by(cat(&[parse, sync]), vec![], 1).await;
+    assert_eq!(got, Some(PinReason::TempTable));
+    // A Query split between the early bytes and the next read.
+    let set = q("SET search_path = a");
+    let (head, tail) = set.split_at(7);
+    let got = pinned_by(head.to_vec(), tail.to_vec(), 1).await;
+    assert_eq!(got, Some(PinReason::Set));
 }
