@@ -49,8 +49,8 @@ import subprocess
 import tempfile
 import time
 
-from common import (ROOT, add_bin_argument, aws_env, ensure_floor, ensure_proxy, free_port, pgbench_bin,
-                    prepare_data, proxy_argv, rss_kib, start_floor, start_standin, stop, wait_port)
+from common import (ROOT, add_bin_argument, aws_env, cpu_seconds, ensure_floor, ensure_proxy, free_port,
+                    pgbench_bin, prepare_data, proxy_argv, rss_kib, start_floor, start_standin, stop, wait_port)
 
 POOL_SIZE = 50  # --pool-size of the session-mode proxy (its default) and PgBouncer's default_pool_size
 
@@ -166,18 +166,26 @@ def env_of(c):
 
 
 def pgbench(c, extra, clients, seconds):
+    return pgbench_run(c, extra, clients, seconds)[0]
+
+
+def pgbench_run(c, extra, clients, seconds):
+    """One pgbench -S run through `c`: (tps, transactions processed)."""
     out = subprocess.run(
         [pgbench_bin(), "-n", "-S", *extra, "-c", str(clients), "-j", "2", "-T", str(seconds),
          "-h", c["host"], "-p", str(c["port"]), "-U", c["user"], "labdb"],
         env=env_of(c), capture_output=True, text=True)
     found = re.search(r"tps = ([0-9.]+)", out.stdout)
-    if out.returncode != 0 or not found:
+    count = re.search(r"number of transactions actually processed: (\d+)", out.stdout)
+    if out.returncode != 0 or not found or not count:
         raise SystemExit(f"pgbench via {c['name']} failed:\n{out.stdout}\n{out.stderr}")
-    return float(found.group(1))
+    return float(found.group(1)), int(count.group(1))
 
 
-def interleaved(args, contenders, info, title, extra, clients):
-    """Rounds with the start order rotating; returns {name: [tps per round]}, {name: IAM logins}."""
+def interleaved(args, contenders, info, title, extra, clients, cpu=None):
+    """Rounds with the start order rotating; returns {name: [tps per round]}, {name: IAM logins}.
+    With `cpu` (a dict), a contender that names its process ("pid") also has its CPU time per
+    transaction recorded there: {name: [(user us, system us) per round]}."""
     print(f"\n{title}: pgbench -n -S {''.join(e + ' ' for e in extra)}-c {clients} -j 2 -T {args.seconds}, "
           f"{args.rounds} interleaved rounds", flush=True)
     tps = {c["name"]: [] for c in contenders}
@@ -186,7 +194,13 @@ def interleaved(args, contenders, info, title, extra, clients):
         order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
         for c in order:
             before = decisions(info)
-            tps[c["name"]].append(pgbench(c, extra, clients, args.seconds))
+            used = cpu_seconds(c["pid"]) if cpu is not None and "pid" in c else None
+            rate, count = pgbench_run(c, extra, clients, args.seconds)
+            tps[c["name"]].append(rate)
+            if used is not None:
+                now = cpu_seconds(c["pid"])
+                cpu.setdefault(c["name"], []).append(
+                    tuple((b - a) * 1e6 / max(count, 1) for a, b in zip(used, now)))
             logins[c["name"]] += decisions(info) - before
         print(f"  round {r + 1}: " + " | ".join(f"{c['name']} {tps[c['name']][-1]:.0f}" for c in contenders),
               flush=True)

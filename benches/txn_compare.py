@@ -17,6 +17,8 @@ has run `SELECT 1`), total and per client; `--idle 10000` measures the issue's f
 (c) pgbench -S -M prepared (named protocol-level statements) against -M simple, both through
 the proxy in transaction mode, interleaved rounds; prints the median of the per-round ratios
 prepared / simple (target >= 0.9x). PgBouncer 1.18 cannot run -M prepared in this mode.
+With (a), the CPU time each pooler's process spent per transaction (utime and stime from
+/proc/PID/stat around each pgbench run): the steadier figure where the machine is shared.
 """
 
 import argparse
@@ -61,20 +63,23 @@ def main():
         plain_env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
         plain_env["PGSSLMODE"] = "disable"
         contenders = [
-            dict(name="pgbouncer", host="127.0.0.1", port=bouncer_port, user=info["plain_user"], env=plain_env),
+            dict(name="pgbouncer", host="127.0.0.1", port=bouncer_port, user=info["plain_user"], env=plain_env,
+                 pid=bouncer.pid),
             dict(name="proxy-transaction", host="127.0.0.1", port=proxy_port, user=info["iam_user"],
-                 env=plain_env),
+                 env=plain_env, pid=proxy.pid),
             dict(name="proxy-1-thread", host="127.0.0.1", port=single_port, user=info["iam_user"],
-                 env=plain_env),
+                 env=plain_env, pid=single.pid),
         ]
         title = f"{args.clients} clients over {args.servers} server connections"
-        tps, logins = pc.interleaved(args, contenders, info, title, [], args.clients)
+        cpu = {}
+        tps, logins = pc.interleaved(args, contenders, info, title, [], args.clients, cpu=cpu)
         for name, values in tps.items():
             print(f"  {name}: median {statistics.median(values):.0f} tps ({', '.join(f'{v:.0f}' for v in values)})")
         for name in ("proxy-transaction", "proxy-1-thread"):
             ratios = [p / b for p, b in zip(tps[name], tps["pgbouncer"])]
-            print(f"  {name} / PgBouncer: {statistics.median(ratios):.2f}x (median of per-round ratios; "
-                  f"target >= 1.0x); IAM logins in all rounds: {logins[name]}")
+            print(f"  {name} / PgBouncer: {statistics.median(ratios):.2f}x (median of per-round ratios "
+                  f"{min(ratios):.2f}-{max(ratios):.2f}; target >= 1.0x); IAM logins in all rounds: {logins[name]}")
+        print_cpu(cpu)
         if not args.no_prepared:
             prepared_vs_simple(args, contenders[1])
         stop(procs)
@@ -84,6 +89,23 @@ def main():
     finally:
         stop(procs, standin)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def print_cpu(cpu):
+    """The CPU each pooler's process spent per transaction (its user and system time over a
+    pgbench run, divided by the transactions run): steadier than tps on a loaded machine, where
+    the ratio of rates moves with what else runs."""
+    print("  CPU per transaction (median of rounds; user + system = total):")
+    totals = {}
+    for name, rounds in cpu.items():
+        user = statistics.median(u for u, _ in rounds)
+        system = statistics.median(s for _, s in rounds)
+        totals[name] = statistics.median(u + s for u, s in rounds)
+        print(f"    {name}: {user:.1f} + {system:.1f} = {totals[name]:.1f} us")
+    for name in ("proxy-transaction", "proxy-1-thread"):
+        if name in totals and totals.get("pgbouncer"):
+            print(f"    {name} / PgBouncer: {totals[name] / totals['pgbouncer']:.2f}x CPU per transaction "
+                  f"(lower is better)")
 
 
 def idle_memory(args, binary, bouncer_bin, info, flags, workdir):
