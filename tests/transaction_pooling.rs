@@ -457,3 +457,65 @@ async fn a_client_that_names_no_app_has_none_on_a_connection_opened_for_another(
     );
     assert_eq!(one(&named, "SHOW application_name").await, "orders");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracked_set_follows_its_client_and_does_not_pin() {
+    let si = StandIn::shared();
+    let http = http_addr();
+    // One connection: every transaction of both clients runs on it, one after the other.
+    let proxy = txn_proxy_http(si, 1, Some(http)).await;
+    let (a, b) = (connect(si, proxy.addr).await, connect(si, proxy.addr).await);
+    a.batch_execute("SET extra_float_digits = 3")
+        .await
+        .expect("set");
+    a.batch_execute("set SESSION application_name TO 'It''s a'")
+        .await
+        .expect("set");
+    a.batch_execute("SET IntervalStyle = 'postgres_verbose'")
+        .await
+        .expect("set");
+    for _ in 0..2 {
+        // Each sees its own values on the one connection, in turn.
+        assert_eq!(one(&a, "SHOW extra_float_digits").await, "3");
+        assert_eq!(one(&b, "SHOW extra_float_digits").await, "1", "login's");
+        assert_eq!(one(&a, "SHOW application_name").await, "It's a");
+        assert_eq!(one(&b, "SHOW application_name").await, "");
+        assert_eq!(one(&a, "SHOW IntervalStyle").await, "postgres_verbose");
+        assert_eq!(one(&b, "SHOW IntervalStyle").await, "postgres");
+    }
+    // DEFAULT and RESET give the login's value back, for that name only.
+    a.batch_execute("SET extra_float_digits TO DEFAULT")
+        .await
+        .expect("default");
+    a.batch_execute("RESET IntervalStyle").await.expect("reset");
+    assert_eq!(one(&b, "SHOW IntervalStyle").await, "postgres");
+    assert_eq!(one(&a, "SHOW extra_float_digits").await, "1");
+    assert_eq!(one(&a, "SHOW IntervalStyle").await, "postgres");
+    assert_eq!(one(&a, "SHOW application_name").await, "It's a");
+    // A SET the server refuses, alone, changes nothing and pins nothing.
+    let refused = a.batch_execute("SET extra_float_digits = 99").await;
+    let code = refused.expect_err("out of range").code().cloned();
+    assert_eq!(
+        code,
+        Some(tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE)
+    );
+    assert_eq!(one(&b, "SHOW extra_float_digits").await, "1");
+    assert_eq!(one(&a, "SHOW extra_float_digits").await, "1");
+    let (_, body) = support::http(http, "GET", "/metrics").await;
+    let pins: Vec<_> = body
+        .lines()
+        .filter(|l| l.starts_with("pg_iam_proxy_pool_pinned_clients_total"))
+        .collect();
+    assert!(pins.is_empty(), "a tracked SET pinned: {pins:?}");
+    // A tracked SET with anything else in its transaction still pins (it could be rolled
+    // back, or half done).
+    let http = http_addr();
+    let proxy = txn_proxy_http(si, 2, Some(http)).await;
+    for sql in [
+        "SET extra_float_digits = 2; SELECT 1",
+        "BEGIN; SET extra_float_digits = 2; ROLLBACK",
+    ] {
+        assert!(pinned_by(si, proxy.addr, sql).await, "{sql} did not pin");
+    }
+    pinned_count(http, "set", 2.0).await;
+}

@@ -14,7 +14,9 @@
 //!   `RESET ALL` (and drops temporary tables, cursors, LISTENs, advisory locks: none of which
 //!   an unpinned client can hold, since each pins).
 //! - `RESET ...` (`RESET ALL` too) -> [`Forget::params`]: the connection's settings may be
-//!   its login's again, so the client's `application_name` is set again at its next lend.
+//!   its login's again, so the client's `application_name` is set again at its next lend;
+//!   and [`Forget::settings`]: the client's value of a tracked name reset (all of them for
+//!   `RESET ALL` and `DISCARD ALL`) is its login's again ([`super::setting`]).
 //! - `DISCARD PLANS`, `DISCARD SEQUENCES`, `DISCARD TEMP`: nothing to forget (cached plans
 //!   are re-planned, prepared statements stay).
 //!
@@ -22,6 +24,7 @@
 //! block) or is rolled back still forgets.
 
 use super::pin::{may_matter, statements};
+use super::setting;
 
 /// What the proxy stops assuming about the server connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -30,6 +33,9 @@ pub struct Forget {
     pub statements: bool,
     /// Its settings may have changed back to its login's.
     pub params: bool,
+    /// The client's tracked settings that are its login's again ([`super::setting`]): a
+    /// mask over [`super::setting::TRACKED`].
+    pub settings: u16,
 }
 
 /// What `sql` (bytes up to the first NUL) makes the proxy forget.
@@ -49,7 +55,14 @@ pub(super) fn forget_of(lower: &str) -> Forget {
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .filter(|w| !w.is_empty());
         match (words.next(), words.next(), words.next()) {
-            (Some("reset"), _, _) => out.params = true,
+            (Some("reset"), name, _) => {
+                out.params = true;
+                out.settings |= match name {
+                    Some("all") => setting::ALL,
+                    Some(name) => setting::index(name).map_or(0, |i| 1 << i),
+                    None => 0,
+                };
+            }
             (Some("deallocate"), Some("all"), _)
             | (Some("deallocate"), Some("prepare"), Some("all")) => {
                 out.statements = true;
@@ -57,6 +70,7 @@ pub(super) fn forget_of(lower: &str) -> Forget {
             (Some("discard"), Some("all"), _) => {
                 out.statements = true;
                 out.params = true;
+                out.settings = setting::ALL;
             }
             _ => {}
         }
@@ -70,21 +84,14 @@ mod tests {
 
     #[test]
     fn what_each_statement_forgets() {
-        let (none, st, params) = (
-            Forget::default(),
-            Forget {
-                statements: true,
-                params: false,
-            },
-            Forget {
-                statements: false,
-                params: true,
-            },
-        );
-        let both = Forget {
-            statements: true,
-            params: true,
+        let f = |statements, params, settings| Forget {
+            statements,
+            params,
+            settings,
         };
+        let (none, st, params) = (Forget::default(), f(true, false, 0), f(false, true, 0));
+        let both = f(true, true, setting::ALL);
+        let app = 1 << setting::index("application_name").expect("tracked");
         for (sql, want) in [
             ("DEALLOCATE ALL", st),
             ("deallocate prepare all", st),
@@ -92,11 +99,12 @@ mod tests {
             ("DISCARD ALL", both),
             ("discard plans", none),
             ("DISCARD TEMP", none),
-            ("RESET ALL", params),
-            ("reset application_name", params),
+            ("RESET ALL", f(false, true, setting::ALL)),
+            ("reset application_name", f(false, true, app)),
+            ("RESET work_mem", params),
             (
                 "SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;",
-                params,
+                f(false, true, setting::ALL),
             ),
             ("SELECT 'DEALLOCATE ALL'", none),
             ("/* c */ DEALLOCATE ALL; SELECT 1", st),

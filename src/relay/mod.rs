@@ -31,6 +31,7 @@ pub mod pin;
 mod pipe;
 pub mod prepared;
 mod rewrite;
+pub mod setting;
 mod splice;
 #[cfg(test)]
 mod tests;

@@ -15,6 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use super::forget::Forget;
+use super::setting::Period;
 
 /// A statement: the Parse body after its name (query text, NUL, parameter type OIDs).
 pub type Text = Arc<[u8]>;
@@ -130,6 +131,11 @@ pub struct Prepared {
     renames: Vec<(u64, Vec<u8>, Vec<u8>)>,
     /// A client's statement may have reset the connection's settings ([`Forget::params`]).
     pub forgot_params: bool,
+    /// The client's tracked settings its statements set back to its login's
+    /// ([`Forget::settings`]).
+    pub reset_settings: u16,
+    /// The current transaction's messages, for its settings ([`super::setting`]).
+    pub period: Period,
 }
 
 /// [`Prepared`] as both directions of a relay hold it.
@@ -146,6 +152,7 @@ impl Prepared {
     /// A server connection is lent with `server`'s statements.
     pub fn lend(&mut self, server: ServerStatements) {
         self.server = server;
+        self.period = Period::default();
         self.lent_at = self.server.clock + 1;
     }
 
@@ -283,6 +290,7 @@ impl Prepared {
             }
         }
         self.forgot_params |= forget.params;
+        self.reset_settings |= forget.settings;
     }
 
     /// Any other Parse (unnamed, or passed on unchanged) went to the server.

@@ -8,6 +8,7 @@
 
 use super::pin::{judge, PinReason, SCAN_LIMIT};
 use super::prepared::{lock, put, Reply, Shared};
+use super::setting;
 
 /// A named Parse longer than this goes to the server unchanged (and pins its client).
 const TEXT_LIMIT: usize = 1 << 20;
@@ -175,10 +176,21 @@ impl Rewrite {
             (true, b'P') => {
                 // Too long to collect: unchanged, and if named, a statement of the client's.
                 p.pinned |= collect;
+                p.period.parses += 1;
                 p.parse_passed();
             }
             (true, b'C') => p.close(None),
-            (true, b'Q' | b'S' | b'F') => p.synced(), // a Query too long to scan
+            (true, b'E') => p.period.executes += 1,
+            (true, b'B') => p.period.others += 1, // too long to collect
+            (true, b'Q' | b'S' | b'F') => {
+                match tag {
+                    b'Q' => p.period.queries += 1, // too long to scan
+                    b'F' => p.period.others += 1,
+                    _ => {}
+                }
+                p.synced();
+            }
+            (false, b'E') => p.period.failed = true,
 
             (false, b'1' | b'3') if len == 0 => match p.expected(tag) {
                 Reply::Forward => {}
@@ -236,13 +248,27 @@ impl Rewrite {
     fn message(&mut self, tag: u8, len: usize, body: &[u8], out: &mut Vec<u8>) {
         let mut p = lock(&self.shared);
         if !self.client {
+            p.period.failed |= tag == b'E';
             return put(out, tag, &[&p.renamed(body)]);
+        }
+        match tag {
+            b'P' => p.period.parses += 1,
+            b'B' => p.period.binds += 1,
+            _ => {}
         }
         let (name, after) = cstr(body);
         let pins = self.judge_pins && self.pinned.is_none();
         if tag == b'P' && len <= SCAN_LIMIT {
-            let (reason, forget) = judge(after, pins);
+            let (mut reason, forget) = judge(after, pins);
             p.forget(forget); // before its own name is remembered
+            if reason == Some(PinReason::Set) && name.is_empty() {
+                // An unnamed statement's SET (pgjdbc's after connecting) may be tracked; a
+                // named one may run again later, unseen.
+                if let Some(s) = setting::of_query(after) {
+                    p.period.settings.push(s);
+                    reason = None;
+                }
+            }
             self.pinned = self.pinned.or(reason);
         }
         match tag {
@@ -270,8 +296,15 @@ impl Rewrite {
             b'C' => p.close((name.first() == Some(&b'S')).then(|| &name[1..])),
             b'Q' => {
                 p.synced();
-                let (reason, forget) = judge(body, pins);
+                p.period.queries += 1;
+                let (mut reason, forget) = judge(body, pins);
                 p.forget(forget);
+                if reason == Some(PinReason::Set) {
+                    if let Some(s) = setting::of_query(body) {
+                        p.period.settings.push(s); // tracked, not pinned
+                        reason = None;
+                    }
+                }
                 self.pinned = self.pinned.or(reason);
             }
             _ => {}

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use pgwire::messages::extendedquery::{Bind, Execute, Parse, Sync};
+use pgwire::messages::extendedquery::{Bind, Close, Execute, Parse, Sync};
 use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus, SecretKey};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -22,6 +22,9 @@ use crate::wire::{self, EncodeError, FrameError};
 
 /// The statement each parameter is bound to.
 const SET_CONFIG: &str = "SELECT pg_catalog.set_config($1, $2, false)";
+/// Its statement's name: the proxy's prefix, never one of [`crate::relay::prepared`]'s
+/// (`pgiam_<n>`).
+const SET_CONFIG_NAME: &str = "pgiam_set_config";
 
 /// The `text` type's OID.
 const TEXT: u32 = 25;
@@ -91,6 +94,18 @@ impl ServerParams {
         }
         if !replaced {
             push_pair(&mut out, &name, &value);
+        }
+        self.0 = out;
+    }
+
+    /// Removes `name`, if it is there.
+    pub fn remove(&mut self, name: &str) {
+        if self.get(name).is_none() {
+            return;
+        }
+        let mut out = Vec::with_capacity(self.0.len());
+        for (n, v) in self.iter().filter(|(n, _)| *n != name) {
+            push_pair(&mut out, n, v);
         }
         self.0 = out;
     }
@@ -172,11 +187,43 @@ pub async fn apply<S: AsyncRead + AsyncWrite + Unpin>(
     if params.is_empty() {
         return Ok(out);
     }
-    let request = request(&params)?;
+    let pairs: Vec<_> = params
+        .iter()
+        .map(|(n, v)| (n.as_str(), Some(v.as_str())))
+        .collect();
+    exchange(stream, &pairs, &mut out, timeout).await?;
+    Ok(out)
+}
+
+/// Sets each of `changes` on the session (a value `None`: back to the login's, as `RESET`
+/// does) in one round trip within `timeout`: transaction mode's lend
+/// ([`crate::upstream::pooled::PooledServer::changes_for`]). What the server reports is not
+/// kept: the client saw its own values when it set them.
+pub async fn change<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    changes: &[(String, Option<String>)],
+    timeout: Duration,
+) -> Result<(), ApplyError> {
+    let pairs: Vec<_> = changes
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_deref()))
+        .collect();
+    exchange(stream, &pairs, &mut ServerParams::default(), timeout).await
+}
+
+/// One round trip of `set_config` calls for `pairs` within `timeout`, the values the server
+/// reports collected into `reported`.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    pairs: &[(&str, Option<&str>)],
+    reported: &mut ServerParams,
+    timeout: Duration,
+) -> Result<(), ApplyError> {
+    let request = request(pairs)?;
     let mut refused = None;
     let answer = tokio::time::timeout(
         timeout,
-        round_trip(stream, &request, &mut out, &mut refused),
+        round_trip(stream, &request, reported, &mut refused),
     )
     .await
     .map_err(|_| ApplyError::Timeout(timeout))
@@ -186,29 +233,33 @@ pub async fn apply<S: AsyncRead + AsyncWrite + Unpin>(
             error,
             reusable: matches!(answer, Ok(b'I')),
         })),
-        (None, Ok(b'I')) => Ok(out),
+        (None, Ok(b'I')) => Ok(()),
         (None, Ok(status)) => Err(ApplyError::NotIdle(status)),
         (None, Err(e)) => Err(e),
     }
 }
 
-/// Parse once, Bind + Execute per parameter, Sync.
-fn request(params: &[&(String, String)]) -> Result<BytesMut, EncodeError> {
+/// Parse once, Bind + Execute per parameter (a NULL value resets it), Close, Sync. The
+/// statement is named ([`SET_CONFIG_NAME`]) and closed: a transaction-mode client's unnamed
+/// statement on the connection is left as it was.
+fn request(params: &[(&str, Option<&str>)]) -> Result<BytesMut, EncodeError> {
     let mut buf = BytesMut::new();
-    let parse = Parse::new(None, SET_CONFIG.to_owned(), vec![TEXT, TEXT]);
+    let statement = Some(SET_CONFIG_NAME.to_owned());
+    let parse = Parse::new(statement.clone(), SET_CONFIG.to_owned(), vec![TEXT, TEXT]);
     wire::encode(&parse, "Parse", &mut buf)?;
     for (name, value) in params {
         let values = vec![
             Some(Bytes::copy_from_slice(name.as_bytes())),
-            Some(Bytes::copy_from_slice(value.as_bytes())),
+            value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
         ];
         wire::encode(
-            &Bind::new(None, None, vec![], values, vec![]),
+            &Bind::new(None, statement.clone(), vec![], values, vec![]),
             "Bind",
             &mut buf,
         )?;
         wire::encode(&Execute::new(None, 0), "Execute", &mut buf)?;
     }
+    wire::encode(&Close::new(b'S', statement), "Close", &mut buf)?;
     wire::encode(&Sync::new(), "Sync", &mut buf)?;
     Ok(buf)
 }
@@ -227,7 +278,7 @@ async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         let frame = exchange::next(stream).await?;
         match frame[0] {
-            b'1' | b'2' | b'D' | b'C' | b'N' => {}
+            b'1' | b'2' | b'3' | b'D' | b'C' | b'N' => {}
             b'S' => {
                 let p: ParameterStatus = wire::decode(frame, "ParameterStatus")?;
                 params.set(p.name, p.value);

@@ -44,37 +44,45 @@ pub struct PooledServer {
 }
 
 impl PooledServer {
-    /// Whether the session's value of any of `params` differs from the one given (or may).
-    pub fn differs(&self, params: &[(String, String)]) -> bool {
-        params.iter().any(|(name, value)| {
-            if self.params_unknown {
-                return true;
-            }
+    /// What to set for the session to have `desired`'s values (names not in it, its
+    /// login's): a value for each name whose value differs (or may, after
+    /// [`PooledServer::forget_params`]), `None` (reset) for each name set since login that
+    /// `desired` lacks; empty (no allocation) when it has them all.
+    pub fn changes_for(&self, desired: &[(String, String)]) -> Vec<(String, Option<String>)> {
+        let mut out = Vec::new();
+        for (name, value) in desired {
             let now = self
                 .since_login
                 .get(name)
                 .or_else(|| self.baseline.get(name));
-            now != Some(value.as_str())
-        })
+            if self.params_unknown || now != Some(value.as_str()) {
+                out.push((name.clone(), Some(value.clone())));
+            }
+        }
+        for (name, _) in self.since_login.iter() {
+            if !desired.iter().any(|(n, _)| n == name) {
+                out.push((name.to_owned(), None));
+            }
+        }
+        out
     }
 
-    /// Stops assuming what `since_login` says.
+    /// Records that `changes` took effect ([`PooledServer::changes_for`]): every value the
+    /// session has is known again.
+    pub fn changed(&mut self, changes: &[(String, Option<String>)]) {
+        for (name, value) in changes {
+            match value {
+                Some(v) => self.since_login.set(name.clone(), v.clone()),
+                None => self.since_login.remove(name),
+            }
+        }
+        self.params_unknown = false;
+    }
+
+    /// Stops assuming what the values set since login are now (which names were set is
+    /// kept: those not wanted next are reset).
     pub fn forget_params(&mut self) {
-        self.since_login = ServerParams::default();
         self.params_unknown = true;
-    }
-
-    /// The values the session has now: `baseline` with `since_login` applied (none known
-    /// after [`PooledServer::forget_params`]).
-    pub fn current(&self) -> ServerParams {
-        if self.params_unknown {
-            return ServerParams::default();
-        }
-        let mut now = self.baseline.clone();
-        for (name, value) in self.since_login.iter() {
-            now.set(name.to_owned(), value.to_owned());
-        }
-        now
     }
 }
 

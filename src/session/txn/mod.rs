@@ -21,12 +21,15 @@ use crate::cancel::{CancelTarget, ClientCancel};
 use crate::client::{self, StartupInfo};
 use crate::error::{sqlstate, ClientError};
 use crate::pool::{Checkout, CloseReason, Pool};
+use crate::relay::pin::PinReason;
 use crate::relay::prepared::{lock as statements, Shared};
+use crate::relay::setting::{self, Verdict};
 use crate::relay::{self, Ended, Phase};
 use crate::target::{Pooling, TargetContext};
 use crate::upstream::params;
 use crate::upstream::pooled::{PooledServer, ServerConnector};
 use crate::wire;
+use std::sync::Mutex;
 
 /// A client's settings for its transactions.
 struct Client<'a> {
@@ -37,6 +40,9 @@ struct Client<'a> {
     connector: ServerConnector,
     /// Startup parameters set on whichever connection it is lent (`application_name`).
     settable: Vec<(String, String)>,
+    /// What the connections it is lent are given: `settable`, with the values of its
+    /// tracked `SET`s ([`relay::setting`]) since.
+    desired: Mutex<Vec<(String, String)>>,
     cancel: ClientCancel,
     cut: Cut,
     /// The session's byte counts (audit).
@@ -78,6 +84,7 @@ pub(super) async fn session<S>(
         pooling,
         pool: pooling.pools.pool(&key, &connector),
         connector,
+        desired: Mutex::new(settable.clone()),
         settable,
         cancel,
         cut,
@@ -178,18 +185,15 @@ impl Client<'_> {
             }
         };
         let server = lent.conn_mut();
-        if !server.differs(&self.settable) {
+        let changes = server.changes_for(&lock(&self.desired));
+        if changes.is_empty() {
             return Some(lent);
         }
-        let current = server.current();
         let limit = self.ctx.settings.connect_timeout;
-        let applied = params::apply(&mut server.conn.stream, &self.settable, &current, limit);
+        let applied = params::change(&mut server.conn.stream, &changes, limit);
         match applied.await {
-            Ok(_) => {
-                for (name, value) in &self.settable {
-                    server.since_login.set(name.clone(), value.clone());
-                }
-                server.params_unknown = false; // every settable name was just set
+            Ok(()) => {
+                server.changed(&changes);
                 Some(lent)
             }
             Err(e) => {
@@ -236,7 +240,11 @@ impl Client<'_> {
         .await;
         self.count_reprepared();
         self.forget_params(&mut lent);
-        match (outcome.ended, outcome.pinned) {
+        let settled = match outcome.ended {
+            Ended::Returned => self.settle(lent.conn_mut()),
+            _ => None,
+        };
+        match (outcome.ended, outcome.pinned.or(settled)) {
             (Ended::Returned, None) => {
                 // Back before the client reads the ReadyForQuery that ends its transaction,
                 // so whatever it does next finds the connection in the pool.
@@ -334,6 +342,53 @@ impl Client<'_> {
         }
     }
 
+    /// After a transaction that left `server` idle: the client's tracked settings take what
+    /// its statements did ([`relay::setting`]), on it and on `server`; `Some` if the client
+    /// must stay on `server` instead.
+    fn settle(&self, server: &mut PooledServer) -> Option<PinReason> {
+        let (period, resets) = {
+            let mut p = statements(&self.prepared);
+            (
+                std::mem::take(&mut p.period),
+                std::mem::take(&mut p.reset_settings),
+            )
+        };
+        let mut desired = lock(&self.desired);
+        for (i, name) in setting::TRACKED.iter().enumerate() {
+            if resets & 1 << i != 0 {
+                self.to_login_value(&mut desired, name);
+            }
+        }
+        match period.verdict() {
+            Verdict::Nothing => None,
+            Verdict::Pin => Some(PinReason::Set),
+            Verdict::Took(settings) => {
+                for s in settings {
+                    match s.value {
+                        Some(v) => {
+                            server.since_login.set(s.name.to_owned(), v.clone());
+                            upsert(&mut desired, s.name, v);
+                        }
+                        None => {
+                            // DEFAULT: the connection's login value; the client's is its own.
+                            server.since_login.remove(s.name);
+                            self.to_login_value(&mut desired, s.name);
+                        }
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// The client's value of `name` is its login's again: its startup's, or the server's.
+    fn to_login_value(&self, desired: &mut Vec<(String, String)>, name: &str) {
+        match self.settable.iter().find(|(n, _)| n == name) {
+            Some((_, v)) => upsert(desired, name, v.clone()),
+            None => desired.retain(|(n, _)| n != name),
+        }
+    }
+
     /// Counts the statements prepared again on a server connection since the last count.
     fn count_reprepared(&self) {
         let n = std::mem::take(&mut statements(&self.prepared).reprepared);
@@ -342,4 +397,17 @@ impl Client<'_> {
             pools.metrics().reprepared(pools.target(), n);
         }
     }
+}
+
+/// Sets `name` to `value` in `list`, or appends it.
+fn upsert(list: &mut Vec<(String, String)>, name: &str, value: String) {
+    match list.iter_mut().find(|(n, _)| n == name) {
+        Some((_, v)) => *v = value,
+        None => list.push((name.to_owned(), value)),
+    }
+}
+
+/// Locks `m` (a poisoned lock is still consistent: every change is one step).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

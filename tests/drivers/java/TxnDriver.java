@@ -48,6 +48,7 @@ public class TxnDriver {
         TreeSet<Integer> pids = new TreeSet<>();
         List<String> wrong = new ArrayList<>();
         int batched;
+        String floatDigits;
         try (Connection c = DriverManager.getConnection(url);
                 PreparedStatement sum = c.prepareStatement("SELECT ?::int + " + i + ", pg_backend_pid()");
                 PreparedStatement text = c.prepareStatement("SELECT 'j" + i + "-' || ?::text");
@@ -93,8 +94,14 @@ public class TxnDriver {
                 long total = rs.getLong(2);
                 if (total != 3L * rounds * (rounds - 1) / 2) wrong.add("\"batch total " + total + "\"");
             }
+            // The setting pgjdbc makes at connect, on whichever connection this runs.
+            try (java.sql.Statement st = c.createStatement();
+                    ResultSet rs = st.executeQuery("SHOW extra_float_digits")) {
+                rs.next();
+                floatDigits = rs.getString(1);
+            }
         }
         return "{\"client\": " + i + ", \"pids\": " + pids.toString() + ", \"wrong\": " + wrong
-                + ", \"batched\": " + batched + "}";
+                + ", \"batched\": " + batched + ", \"extra_float_digits\": \"" + floatDigits + "\"}";
     }
 }
