@@ -1,8 +1,8 @@
 //! Transaction mode: session settings a client may change without being pinned. A Query
 //! (or an unnamed Parse, bound and executed once) whose whole text is one
 //! `SET [SESSION] name {TO | =} value` of a [`TRACKED`] name (a
-//! setting that changes only how the session talks to its client, as drivers and ORMs set
-//! after connecting: pgjdbc's `SET extra_float_digits = 3`, Rails' `client_min_messages`)
+//! setting that names no database object, as drivers set after connecting: pgjdbc's
+//! `SET extra_float_digits = 3` and `SET application_name = '...'`)
 //! is a [`Setting`]: the client's transactions later run on connections given its value
 //! first (the proxy's `set_config`), as its `application_name` is. It is taken only where
 //! it cannot have been rolled back, half applied or not run: every statement of the
@@ -213,9 +213,10 @@ mod tests {
                 set("application_name", Some("It's Mine")),
             ),
             (
-                "/* c */ SET DateStyle TO ISO",
-                set("datestyle", Some("iso")),
+                "/* c */ SET IntervalStyle TO ISO_8601",
+                set("intervalstyle", Some("iso_8601")),
             ),
+            ("SET DateStyle TO ISO", None),
             (
                 "SET TimeZone = 'Europe/Paris'",
                 set("timezone", Some("Europe/Paris")),
