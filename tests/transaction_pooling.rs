@@ -514,8 +514,48 @@ async fn a_tracked_set_follows_its_client_and_does_not_pin() {
     for sql in [
         "SET extra_float_digits = 2; SELECT 1",
         "BEGIN; SET extra_float_digits = 2; ROLLBACK",
+        // Tracked only with the values that keep the proxy's reading of SQL right.
+        "SET standard_conforming_strings = off",
     ] {
         assert!(pinned_by(si, proxy.addr, sql).await, "{sql} did not pin");
     }
-    pinned_count(http, "set", 2.0).await;
+    pinned_count(http, "set", 3.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orms_settings_at_connect_do_not_pin() {
+    let si = StandIn::shared();
+    let http = http_addr();
+    let proxy = txn_proxy_http(si, 1, Some(http)).await;
+    let (a, b) = (connect(si, proxy.addr).await, connect(si, proxy.addr).await);
+    // What ActiveRecord's PostgreSQL adapter runs after connecting (libpq's
+    // PQsetClientEncoding sends the first), each a Query of its own.
+    for sql in [
+        "set client_encoding to 'UTF8'",
+        "SET client_min_messages TO 'warning'",
+        "SET standard_conforming_strings = on",
+        "SET intervalstyle = iso_8601",
+        "SET SESSION timezone TO 'UTC'",
+    ] {
+        a.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    b.batch_execute("SET SESSION timezone TO 'Asia/Tokyo'")
+        .await
+        .expect("set");
+    for _ in 0..2 {
+        assert_eq!(one(&a, "SHOW TimeZone").await, "UTC");
+        assert_eq!(one(&b, "SHOW TimeZone").await, "Asia/Tokyo");
+        assert_eq!(one(&a, "SHOW client_min_messages").await, "warning");
+        assert_eq!(one(&b, "SHOW client_min_messages").await, "notice");
+        assert_eq!(one(&a, "SHOW IntervalStyle").await, "iso_8601");
+        assert_eq!(one(&b, "SHOW IntervalStyle").await, "postgres");
+    }
+    let (_, body) = support::http(http, "GET", "/metrics").await;
+    let pins: Vec<_> = body
+        .lines()
+        .filter(|l| l.starts_with("pg_iam_proxy_pool_pinned_clients_total"))
+        .collect();
+    assert!(pins.is_empty(), "an ORM's SETs pinned: {pins:?}");
 }

@@ -18,9 +18,13 @@ use super::pin::statements;
 /// database, so a value set once is valid on every connection of the pool.
 /// (`DateStyle` is not: `SET datestyle TO ymd` keeps the style an earlier SET gave, so its
 /// value is not the last SET's.)
-pub const TRACKED: [&str; 9] = [
+/// `standard_conforming_strings` and `client_encoding` only with the values that keep the
+/// proxy's own reading of SQL text right ([`allowed`]).
+pub const TRACKED: [&str; 11] = [
     "application_name",
     "extra_float_digits",
+    "standard_conforming_strings",
+    "client_encoding",
     "intervalstyle",
     "timezone",
     "client_min_messages",
@@ -123,7 +127,30 @@ fn parse(statement: &str) -> Option<Setting> {
         None => word(after, "to")?,
     };
     let (value, tail) = value(after.trim_start())?;
-    tail.trim().is_empty().then_some(Setting { name, value })
+    let taken = tail.trim().is_empty() && value.as_deref().is_none_or(|v| allowed(name, v));
+    taken.then_some(Setting { name, value })
+}
+
+/// Whether `value` of `name` may be tracked: the pin scan reads quotes as standard strings
+/// and SQL as ASCII-compatible bytes, so only `standard_conforming_strings` on and a UTF-8
+/// `client_encoding` (what Rails and libpq's `PQsetClientEncoding` send) are; any other
+/// value pins, as before.
+fn allowed(name: &str, value: &str) -> bool {
+    match name {
+        "standard_conforming_strings" => {
+            matches!(value.to_ascii_lowercase().as_str(), "on" | "true")
+        }
+        "client_encoding" => {
+            // The server's own folding of encoding names: case and punctuation ignored.
+            let folded: String = value
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .map(|c| c.to_ascii_lowercase())
+                .collect();
+            matches!(folded.as_str(), "utf8" | "unicode")
+        }
+        _ => true,
+    }
 }
 
 /// `s` after the keyword `kw` (ASCII case ignored) and the whitespace before it, if it
@@ -217,6 +244,20 @@ mod tests {
                 set("intervalstyle", Some("iso_8601")),
             ),
             ("SET DateStyle TO ISO", None),
+            (
+                "SET standard_conforming_strings = on",
+                set("standard_conforming_strings", Some("on")),
+            ),
+            ("SET standard_conforming_strings = off", None),
+            (
+                "set client_encoding to 'UTF-8'",
+                set("client_encoding", Some("UTF-8")),
+            ),
+            ("SET client_encoding = 'SJIS'", None),
+            (
+                "SET client_encoding TO DEFAULT",
+                set("client_encoding", None),
+            ),
             (
                 "SET TimeZone = 'Europe/Paris'",
                 set("timezone", Some("Europe/Paris")),
