@@ -20,6 +20,15 @@ use support::StandIn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::Client;
 
+/// The proxy's `pool_pinned_clients_total` lines (none while no client was pinned).
+async fn pins(http: SocketAddr) -> Vec<String> {
+    let (_, body) = support::http(http, "GET", "/metrics").await;
+    body.lines()
+        .filter(|l| l.starts_with("pg_iam_proxy_pool_pinned_clients_total"))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Waits (bounded) until the proxy's `pool_pinned_clients_total` for `reason` is at least
 /// `want`.
 async fn pinned_count(http: SocketAddr, reason: &str, want: f64) {
@@ -414,11 +423,7 @@ async fn reset_does_not_pin_and_the_name_is_set_again() {
         let shown = tokio::time::timeout(limit, one(&first, "SHOW application_name")).await;
         assert_eq!(shown.expect("first served: second not pinned"), "first");
     }
-    let (_, body) = support::http(http, "GET", "/metrics").await;
-    let pins: Vec<_> = body
-        .lines()
-        .filter(|l| l.starts_with("pg_iam_proxy_pool_pinned_clients_total"))
-        .collect();
+    let pins = pins(http).await;
     assert!(pins.is_empty(), "RESET pinned: {pins:?}");
 }
 
@@ -501,11 +506,7 @@ async fn a_tracked_set_follows_its_client_and_does_not_pin() {
     );
     assert_eq!(one(&b, "SHOW extra_float_digits").await, "1");
     assert_eq!(one(&a, "SHOW extra_float_digits").await, "1");
-    let (_, body) = support::http(http, "GET", "/metrics").await;
-    let pins: Vec<_> = body
-        .lines()
-        .filter(|l| l.starts_with("pg_iam_proxy_pool_pinned_clients_total"))
-        .collect();
+    let pins = pins(http).await;
     assert!(pins.is_empty(), "a tracked SET pinned: {pins:?}");
     // A tracked SET with anything else in its transaction still pins (it could be rolled
     // back, or half done).
@@ -552,10 +553,6 @@ async fn an_orms_settings_at_connect_do_not_pin() {
         assert_eq!(one(&a, "SHOW IntervalStyle").await, "iso_8601");
         assert_eq!(one(&b, "SHOW IntervalStyle").await, "postgres");
     }
-    let (_, body) = support::http(http, "GET", "/metrics").await;
-    let pins: Vec<_> = body
-        .lines()
-        .filter(|l| l.starts_with("pg_iam_proxy_pool_pinned_clients_total"))
-        .collect();
+    let pins = pins(http).await;
     assert!(pins.is_empty(), "an ORM's SETs pinned: {pins:?}");
 }
