@@ -12,22 +12,13 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::metrics::{http_addr, metric, metric_becomes, metric_sum_until};
+use support::metrics::{http_addr, metric, metric_becomes, metric_sum_until, pins};
 use support::pg::{admin, backend_gone, connect, connect_as, one, pid, until_one};
 use support::pools::{txn_proxy, txn_proxy_http};
 use support::wire::{frames_until, message, query, raw_client, until_ready};
 use support::StandIn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::Client;
-
-/// The proxy's `pool_pinned_clients_total` lines (none while no client was pinned).
-async fn pins(http: SocketAddr) -> Vec<String> {
-    let (_, body) = support::http(http, "GET", "/metrics").await;
-    body.lines()
-        .filter(|l| l.starts_with("pg_iam_proxy_pool_pinned_clients_total"))
-        .map(str::to_owned)
-        .collect()
-}
 
 /// Waits (bounded) until the proxy's `pool_pinned_clients_total` for `reason` is at least
 /// `want`.

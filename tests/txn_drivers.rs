@@ -19,6 +19,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::metrics::pins;
 use support::pg::admin;
 use support::{repo, ProxySpec, StandIn};
 
@@ -44,15 +45,6 @@ async fn metric(http: SocketAddr, name: &str) -> f64 {
         .filter(|l| l.starts_with(&full) && l[full.len()..].starts_with(['{', ' ']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-/// The `pool_pinned_clients_total` lines (reason and count), for assertion messages.
-async fn pins(http: SocketAddr) -> Vec<String> {
-    let (_, body) = support::http(http, "GET", "/metrics").await;
-    body.lines()
-        .filter(|l| l.starts_with("pg_iam_proxy_pool_pinned_clients_total"))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// Runs `cmd` (its environment pointed at the proxy) to its end within [`RUN_LIMIT`]; returns

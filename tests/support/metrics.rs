@@ -73,3 +73,13 @@ pub async fn metric_becomes(addr: SocketAddr, series: &str, want: &str) {
     let (_, body) = http(addr, "GET", "/metrics").await;
     panic!("{line} never showed up:\n{body}");
 }
+
+/// The `pool_pinned_clients_total` lines (reason and count; none while no client was
+/// pinned).
+pub async fn pins(addr: SocketAddr) -> Vec<String> {
+    let (_, body) = http(addr, "GET", "/metrics").await;
+    body.lines()
+        .filter(|l| l.starts_with("pg_iam_proxy_pool_pinned_clients_total"))
+        .map(str::to_owned)
+        .collect()
+}
