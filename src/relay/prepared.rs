@@ -152,7 +152,6 @@ impl Prepared {
     /// A server connection is lent with `server`'s statements.
     pub fn lend(&mut self, server: ServerStatements) {
         self.server = server;
-        self.period = Period::default();
         self.lent_at = self.server.clock + 1;
     }
 

@@ -8,7 +8,7 @@
 
 use super::pin::{judge, PinReason, SCAN_LIMIT};
 use super::prepared::{lock, put, Reply, Shared};
-use super::setting;
+use super::setting::{self, Seen};
 
 /// A named Parse longer than this goes to the server unchanged (and pins its client).
 const TEXT_LIMIT: usize = 1 << 20;
@@ -176,16 +176,16 @@ impl Rewrite {
             (true, b'P') => {
                 // Too long to collect: unchanged, and if named, a statement of the client's.
                 p.pinned |= collect;
-                p.period.parses += 1;
+                p.period.saw(Seen::Parse);
                 p.parse_passed();
             }
             (true, b'C') => p.close(None),
-            (true, b'E') => p.period.executes += 1,
-            (true, b'B') => p.period.others += 1, // too long to collect
+            (true, b'E') => p.period.saw(Seen::Execute),
+            (true, b'B') => p.period.saw(Seen::Other), // too long to see its statement
             (true, b'Q' | b'S' | b'F') => {
                 match tag {
-                    b'Q' => p.period.queries += 1, // too long to scan
-                    b'F' => p.period.others += 1,
+                    b'Q' => p.period.saw(Seen::Query), // too long to scan
+                    b'F' => p.period.saw(Seen::Other),
                     _ => {}
                 }
                 p.synced();
@@ -251,12 +251,13 @@ impl Rewrite {
             p.period.failed |= tag == b'E';
             return put(out, tag, &[&p.renamed(body)]);
         }
+        let (name, after) = cstr(body);
         match tag {
-            b'P' => p.period.parses += 1,
-            b'B' => p.period.binds += 1,
+            b'P' => p.period.saw(Seen::Parse),
+            b'B' if after.first() == Some(&0) => p.period.saw(Seen::BindUnnamed),
+            b'B' => p.period.saw(Seen::Other),
             _ => {}
         }
-        let (name, after) = cstr(body);
         let pins = self.judge_pins && self.pinned.is_none();
         if tag == b'P' && len <= SCAN_LIMIT {
             let (mut reason, forget) = judge(after, pins);
@@ -296,7 +297,7 @@ impl Rewrite {
             b'C' => p.close((name.first() == Some(&b'S')).then(|| &name[1..])),
             b'Q' => {
                 p.synced();
-                p.period.queries += 1;
+                p.period.saw(Seen::Query);
                 let (mut reason, forget) = judge(body, pins);
                 p.forget(forget);
                 if reason == Some(PinReason::Set) {

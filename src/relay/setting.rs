@@ -61,14 +61,44 @@ pub struct Period {
     pub queries: u32,
     /// Its Parse messages (a setting's or not).
     pub parses: u32,
-    /// Its Bind messages.
+    /// Its Bind messages of the unnamed statement.
     pub binds: u32,
     /// Its Execute messages.
     pub executes: u32,
-    /// Its FunctionCall messages, and Bind messages too long to look at.
+    /// Its FunctionCall messages, and Bind messages of a named statement (or too long to
+    /// look at).
     pub others: u32,
     /// The server sent an ErrorResponse.
     pub failed: bool,
+}
+
+/// A client message's kind, for [`Period::saw`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// A Query.
+    Query,
+    /// A Parse.
+    Parse,
+    /// A Bind of the unnamed statement (what an unnamed Parse's SET runs through).
+    BindUnnamed,
+    /// An Execute.
+    Execute,
+    /// A FunctionCall, or a Bind of a named statement (or too long to see which).
+    Other,
+}
+
+impl Period {
+    /// Counts a client message (saturating: a pinned session's relay counts on, unread).
+    pub fn saw(&mut self, seen: Seen) {
+        let count = match seen {
+            Seen::Query => &mut self.queries,
+            Seen::Parse => &mut self.parses,
+            Seen::BindUnnamed => &mut self.binds,
+            Seen::Execute => &mut self.executes,
+            Seen::Other => &mut self.others,
+        };
+        *count = count.saturating_add(1);
+    }
 }
 
 /// What a finished transaction's [`Period`] means for its settings.

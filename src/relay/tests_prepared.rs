@@ -223,3 +223,33 @@ fn an_unnamed_parse_of_discard_all_forgets_at_its_place() {
         assert!(lock(&shared).forgot_params, "split at {at}");
     }
 }
+
+#[test]
+fn an_unnamed_set_is_taken_only_when_its_own_statement_is_bound() {
+    use super::setting::Verdict;
+    let set = parse("", "SET extra_float_digits = 3");
+    let (execute, sync) = (msg(b'E', &[b"\0", &[0; 4]]), msg(b'S', &[]));
+    // pgjdbc's form: the unnamed statement bound and run.
+    let mut ran = set.clone();
+    for m in [bind(""), execute.clone(), sync.clone()] {
+        ran.extend(m);
+    }
+    // An earlier named statement bound and run instead: the SET never ran.
+    let mut other = set;
+    for m in [bind("s1"), execute, sync] {
+        other.extend(m);
+    }
+    for (input, took) in [(ran, true), (other, false)] {
+        let shared = Shared::default();
+        lock(&shared).parse(b"s1", b"SELECT 1\0\0\0", &mut Vec::new());
+        let mut r = Rewrite::new(shared.clone(), true);
+        r.judge_pins = true;
+        r.feed(&input, &mut Vec::new());
+        let verdict = std::mem::take(&mut lock(&shared).period).verdict();
+        assert_eq!(matches!(verdict, Verdict::Took(_)), took, "{verdict:?}");
+        assert_eq!(
+            r.pinned, None,
+            "an unnamed SET is judged by its transaction"
+        );
+    }
+}
