@@ -231,29 +231,30 @@ async fn jdbc_run(
     (result, http, proxy)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pgjdbc_server_prepared_statements_in_transaction_mode() {
-    // assumeMinServerVersion: the settings go in the StartupMessage instead of a SET after
-    // connecting (which would pin: README, Transaction pooling).
-    let (result, http, _proxy) = jdbc_run("&assumeMinServerVersion=9.4", 4, 8).await;
-    assert_eq!(own_results(&result, "pgjdbc"), 4);
+/// pgjdbc with the URL's `params`, 4 clients of 8 rounds over the pool of 2: each moves
+/// between backends, commits every batch and keeps `extra_float_digits` 3 (the setting it
+/// makes at connect); none is pinned and statements are prepared again.
+async fn jdbc_unpinned(params: &str, what: &str) {
+    let (result, http, _proxy) = jdbc_run(params, 4, 8).await;
+    assert_eq!(own_results(&result, what), 4);
     for c in result["clients"].as_array().expect("clients") {
         assert_eq!(c["batched"], 3 * 8, "every batch committed: {c}");
         assert_eq!(c["extra_float_digits"], "3", "{c}");
     }
-    unpinned_and_reprepared(http, "pgjdbc").await;
+    unpinned_and_reprepared(http, what).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgjdbc_server_prepared_statements_in_transaction_mode() {
+    // assumeMinServerVersion: the settings go in the StartupMessage instead of SETs after
+    // connecting.
+    jdbc_unpinned("&assumeMinServerVersion=9.4", "pgjdbc").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgjdbc_with_its_defaults_is_not_pinned_by_its_set() {
-    // pgjdbc's defaults: `SET extra_float_digits = 3` after connecting, a tracked setting
-    // (README, Transaction pooling): every client keeps it on whichever connection its
-    // transactions run, and none is pinned.
-    let (result, http, _proxy) = jdbc_run("", 4, 8).await;
-    assert_eq!(own_results(&result, "pgjdbc (defaults)"), 4);
-    for c in result["clients"].as_array().expect("clients") {
-        assert_eq!(c["batched"], 3 * 8, "every batch committed: {c}");
-        assert_eq!(c["extra_float_digits"], "3", "{c}");
-    }
-    unpinned_and_reprepared(http, "pgjdbc (defaults)").await;
+    // pgjdbc's defaults: `SET extra_float_digits = 3` and `SET application_name` after
+    // connecting, tracked settings (README, Transaction pooling): every client keeps them on
+    // whichever connection its transactions run, and none is pinned.
+    jdbc_unpinned("", "pgjdbc (defaults)").await;
 }
